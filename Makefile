@@ -1,0 +1,40 @@
+# Every target sets up its own virtual environment, so a fresh clone needs
+# nothing but python3 (>= 3.11).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SEEDS ?= 20000
+SEED ?=
+NODES ?= 5
+
+.PHONY: test lint run sim replay clean
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -n 2 tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/mypy --strict src
+
+# The product server does not exist yet: for now `make run` runs the
+# deterministic simulator on a faulty 5-node cluster and prints its timeline.
+run: $(STAMP)
+	$(BIN)/python -m quorumkv.sim demo --nodes $(NODES) $(if $(SEED),--seed $(SEED),)
+
+# Long soak of the simulator: make sim SEEDS=20000
+sim: $(STAMP)
+	$(BIN)/python -m quorumkv.sim soak --seeds $(SEEDS) --jobs 2
+
+# Replay one seed exactly: make replay SEED=1234 NODES=3
+replay: $(STAMP)
+	$(BIN)/python -m quorumkv.sim run --seed $(SEED) --nodes $(NODES) --verbose
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,196 @@
+"""The one error hierarchy of quorumkv, shared by server and client.
+
+Every error has a stable ``code`` (a short snake_case string) that travels on
+the wire, so a client raises the same class the server raised. Errors are
+grouped by whose fault they are and what the caller may do about it::
+
+    QuorumKVError
+     ├── RequestError                the request itself is wrong; do not retry
+     │    ├── InvalidArgument        wrong type, malformed field, unknown command
+     │    ├── KeyTooLarge
+     │    ├── ValueTooLarge
+     │    └── Compacted              asked for history older than compaction
+     ├── UnavailableError            the cluster cannot serve it now; may retry
+     │    ├── NotLeader              carries a hint of who the leader is
+     │    ├── ProposalDropped        the proposal never entered the log
+     │    ├── LeadershipTransferInProgress
+     │    ├── Timeout                outcome unknown: the write may have happened
+     │    └── NetworkError
+     ├── ConsistencyError            the requested consistency could not be met
+     │    ├── ReplicaReadFailed
+     │    ├── ReplicaWriteFailed     the write IS committed; not every voter applied
+     │    └── InconsistentData       replicas disagree: an integrity alarm
+     ├── MembershipError
+     │    ├── ClusterFull
+     │    ├── InvalidNode
+     │    ├── ConfChangeInProgress
+     │    └── AuthenticationFailed
+     ├── StorageError                local disk state is unusable
+     │    ├── CorruptLog             names the file and offset
+     │    └── DataDirError           missing, foreign or inconsistent data directory
+     ├── ProtocolError               a peer or client sent bytes we cannot decode
+     └── NotBuiltYet                 a documented capability that does not exist yet
+
+Errors raised locally and errors decoded from a remote peer are told apart by
+``remote``: a client that re-raises a server's error sets it to ``True``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class QuorumKVError(Exception):
+    """Base of every error quorumkv raises on purpose."""
+
+    code: ClassVar[str] = "error"
+
+    def __init__(self, message: str = "", *, remote: bool = False, **details: Any) -> None:
+        super().__init__(message or self.__class__.__name__)
+        self.message = message or self.__class__.__name__
+        self.remote = remote
+        self.details: dict[str, Any] = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"code": self.code, "message": self.message, "details": dict(self.details)}
+
+
+class RequestError(QuorumKVError):
+    code = "request_error"
+
+
+class InvalidArgument(RequestError):
+    code = "invalid_argument"
+
+
+class KeyTooLarge(RequestError):
+    code = "key_too_large"
+
+
+class ValueTooLarge(RequestError):
+    code = "value_too_large"
+
+
+class Compacted(RequestError):
+    code = "compacted"
+
+    def __init__(self, message: str = "", *, compact_revision: int = 0, **kw: Any) -> None:
+        super().__init__(message or f"revision compacted (compact revision {compact_revision})",
+                         compact_revision=compact_revision, **kw)
+        self.compact_revision = compact_revision
+
+
+class UnavailableError(QuorumKVError):
+    code = "unavailable"
+
+
+class NotLeader(UnavailableError):
+    code = "not_leader"
+
+    def __init__(self, message: str = "", *, leader: int | None = None, **kw: Any) -> None:
+        super().__init__(message or f"not the leader (leader hint: {leader})", leader=leader, **kw)
+        self.leader = leader
+
+
+class ProposalDropped(UnavailableError):
+    code = "proposal_dropped"
+
+
+class LeadershipTransferInProgress(UnavailableError):
+    code = "leadership_transfer_in_progress"
+
+
+class Timeout(UnavailableError):
+    code = "timeout"
+
+
+class NetworkError(UnavailableError):
+    code = "network_error"
+
+
+class ConsistencyError(QuorumKVError):
+    code = "consistency_error"
+
+
+class ReplicaReadFailed(ConsistencyError):
+    code = "replica_read_failed"
+
+
+class ReplicaWriteFailed(ConsistencyError):
+    code = "replica_write_failed"
+
+
+class InconsistentData(ConsistencyError):
+    code = "inconsistent_data"
+
+
+class MembershipError(QuorumKVError):
+    code = "membership_error"
+
+
+class ClusterFull(MembershipError):
+    code = "cluster_full"
+
+
+class InvalidNode(MembershipError):
+    code = "invalid_node"
+
+
+class ConfChangeInProgress(MembershipError):
+    code = "conf_change_in_progress"
+
+
+class AuthenticationFailed(MembershipError):
+    code = "authentication_failed"
+
+
+class StorageError(QuorumKVError):
+    code = "storage_error"
+
+
+class CorruptLog(StorageError):
+    code = "corrupt_log"
+
+    def __init__(self, message: str = "", *, path: str = "", offset: int = -1, **kw: Any) -> None:
+        super().__init__(message or f"corrupt log record in {path} at offset {offset}",
+                         path=path, offset=offset, **kw)
+        self.path = path
+        self.offset = offset
+
+
+class DataDirError(StorageError):
+    code = "data_dir_error"
+
+
+class ProtocolError(QuorumKVError):
+    code = "protocol_error"
+
+
+class NotBuiltYet(QuorumKVError):
+    code = "not_built_yet"
+
+
+def _all_subclasses(cls: type[QuorumKVError]) -> list[type[QuorumKVError]]:
+    out: list[type[QuorumKVError]] = []
+    for sub in cls.__subclasses__():
+        out.append(sub)
+        out.extend(_all_subclasses(sub))
+    return out
+
+
+ERRORS_BY_CODE: dict[str, type[QuorumKVError]] = {
+    c.code: c for c in [QuorumKVError, *_all_subclasses(QuorumKVError)]
+}
+
+
+def from_dict(payload: dict[str, Any]) -> QuorumKVError:
+    """Rebuild an error received from a remote node (``remote=True``)."""
+    cls = ERRORS_BY_CODE.get(str(payload.get("code", "")), QuorumKVError)
+    details = payload.get("details") or {}
+    if not isinstance(details, dict):
+        details = {}
+    err = cls.__new__(cls)
+    QuorumKVError.__init__(err, str(payload.get("message", "")), remote=True, **details)
+    for k, v in details.items():
+        setattr(err, k, v)
+    return err
