@@ -178,9 +178,8 @@ def _all_subclasses(cls: type[QuorumKVError]) -> list[type[QuorumKVError]]:
     return out
 
 
-ERRORS_BY_CODE: dict[str, type[QuorumKVError]] = {
-    c.code: c for c in [QuorumKVError, *_all_subclasses(QuorumKVError)]
-}
+_ALL_ERRORS: list[type[QuorumKVError]] = [QuorumKVError, *_all_subclasses(QuorumKVError)]
+ERRORS_BY_CODE: dict[str, type[QuorumKVError]] = {c.code: c for c in _ALL_ERRORS}
 
 
 def from_dict(payload: dict[str, Any]) -> QuorumKVError:

@@ -1,0 +1,48 @@
+"""Tunables of one Raft node. Time is counted in ticks; the driver decides a tick's length."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+
+class InjectedBug(enum.Enum):
+    """Deliberate safety bugs, switched on only by tests that prove the simulator catches them.
+
+    Production code never sets these; they exist so that "the checker found
+    nothing" means something.
+    """
+
+    COMMIT_OLD_TERM_BY_COUNTING = "commit_old_term_by_counting"
+    VOTE_TWICE_IN_A_TERM = "vote_twice_in_a_term"
+    SKIP_LOG_UP_TO_DATE_CHECK = "skip_log_up_to_date_check"
+    READ_WITHOUT_QUORUM_CHECK = "read_without_quorum_check"
+    FORGET_VOTE_ON_RESTART = "forget_vote_on_restart"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaftConfig:
+    id: int
+    election_tick: int = 10
+    """A follower that hears no leader for a random time in [election_tick, 2*election_tick)
+    ticks starts an election (§3.4)."""
+    heartbeat_tick: int = 1
+    pre_vote: bool = True
+    """Ask for votes without bumping the term first, so a partitioned node that
+    rejoins cannot depose a healthy leader (§9.6)."""
+    check_quorum: bool = True
+    """A leader that hears from no majority for an election timeout steps down (§6.2),
+    and a follower that heard a leader recently ignores vote requests (leader stickiness)."""
+    max_inflight: int = 256
+    """Per-follower window of unacknowledged appends (pipelining, §10.2.1)."""
+    max_msg_bytes: int = 1 << 20
+    """Soft cap on the entries carried by one append."""
+    max_apply_bytes: int = 64 << 20
+    """Soft cap on committed entries handed out in one Ready."""
+    injected_bugs: frozenset[InjectedBug] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        assert self.id > 0, "node ids start at 1 (0 means nobody)"
+        assert self.heartbeat_tick > 0
+        assert self.election_tick > self.heartbeat_tick, "election timeout must exceed heartbeat"
+        assert self.max_inflight > 0
