@@ -27,6 +27,7 @@ grouped by whose fault they are and what the caller may do about it::
      │    └── AuthenticationFailed
      ├── StorageError                local disk state is unusable
      │    ├── CorruptLog             names the file and offset
+     │    ├── CorruptSnapshot        a damaged or foreign snapshot file
      │    └── DataDirError           missing, foreign or inconsistent data directory
      ├── ProtocolError               a peer or client sent bytes we cannot decode
      └── NotBuiltYet                 a documented capability that does not exist yet
@@ -156,6 +157,16 @@ class CorruptLog(StorageError):
                          path=path, offset=offset, **kw)
         self.path = path
         self.offset = offset
+
+
+class CorruptSnapshot(StorageError):
+    """A snapshot file is damaged, truncated, or not a quorumkv snapshot; names the file."""
+
+    code = "corrupt_snapshot"
+
+    def __init__(self, message: str = "", *, path: str = "", **kw: Any) -> None:
+        super().__init__(message or f"corrupt snapshot file {path}", path=path, **kw)
+        self.path = path
 
 
 class DataDirError(StorageError):
