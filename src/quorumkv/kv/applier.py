@@ -1,0 +1,165 @@
+"""Applying one command inside the store's LMDB write transaction.
+
+The outcome is a function of the store and the command alone: the
+timestamp comes from the command, nothing reads a clock or draws a random
+number, and iteration order is LMDB's byte order.
+
+Each command is checked completely before its first write, so a command
+that fails (a Compact of the past, a Txn reading a compacted revision)
+raises its RequestError with nothing written, and the store can still
+record the entry as applied in the same transaction.
+"""
+
+from __future__ import annotations
+
+from quorumkv.errors import Compacted, InvalidArgument
+from quorumkv.kv.commands import (
+    Command,
+    Compact,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    DeleteRange,
+    Put,
+    RangeRequest,
+    Txn,
+    TxnOp,
+)
+from quorumkv.kv.history import History
+from quorumkv.kv.history import Txn as LmdbTxn
+from quorumkv.kv.keys import MAX_SUB
+from quorumkv.kv.reads import check_read_revision, read_range
+from quorumkv.kv.results import (
+    CompactResult,
+    DeleteResult,
+    Event,
+    EventType,
+    KeyValue,
+    PutResult,
+    Result,
+    TxnResponse,
+    TxnResult,
+)
+
+
+def _satisfies(op: CompareOp, actual: bytes | int, expected: bytes | int) -> bool:
+    # check_command guarantees both sides have the same type for the target.
+    if op is CompareOp.EQUAL:
+        return actual == expected
+    if op is CompareOp.NOT_EQUAL:
+        return actual != expected
+    if op is CompareOp.LESS:
+        return actual < expected  # type: ignore[operator]
+    return actual > expected  # type: ignore[operator]
+
+
+def _field(kv: KeyValue | None, target: CompareTarget) -> bytes | int:
+    if target is CompareTarget.VALUE:
+        assert kv is not None
+        return kv.value
+    if kv is None:
+        return 0
+    if target is CompareTarget.VERSION:
+        return kv.version
+    if target is CompareTarget.CREATE_REVISION:
+        return kv.create_revision
+    if target is CompareTarget.MOD_REVISION:
+        return kv.mod_revision
+    return kv.lease
+
+
+class Applier:
+    """Applies one command; its writes share one new revision, numbered by sub revision."""
+
+    def __init__(self, history: History, txn: LmdbTxn, *, revision: int,
+                 compact_revision: int) -> None:
+        self._history = history
+        self._txn = txn
+        self._begin = revision
+        self.compact_revision = compact_revision
+        self._timestamp = 0
+        self._sub = 0
+        self.events: list[Event] = []
+
+    @property
+    def revision(self) -> int:
+        """The store's revision as of the writes so far: one more than before if any."""
+        return self._begin + 1 if self._sub else self._begin
+
+    def apply(self, cmd: Command) -> Result:
+        self._timestamp = cmd.timestamp
+        if isinstance(cmd, Put):
+            return self._put(cmd)
+        if isinstance(cmd, DeleteRange):
+            return self._delete(cmd)
+        if isinstance(cmd, Txn):
+            return self._txn_command(cmd)
+        return self._compact(cmd)
+
+    def _write(self, kv: KeyValue) -> None:
+        assert self._sub <= MAX_SUB
+        self._history.append(self._txn, kv, self._sub)
+        self._sub += 1
+
+    def _put(self, op: Put) -> PutResult:
+        prev = self._history.get(self._txn, op.key)
+        revision = self._begin + 1
+        kv = KeyValue(key=op.key, value=op.value,
+                      create_revision=prev.create_revision if prev else revision,
+                      mod_revision=revision, version=prev.version + 1 if prev else 1,
+                      lease=op.lease, timestamp=self._timestamp)
+        self._write(kv)
+        self.events.append(Event(type=EventType.PUT, kv=kv, prev_kv=prev))
+        return PutResult(revision=revision, prev_kv=prev if op.prev_kv else None)
+
+    def _delete(self, op: DeleteRange) -> DeleteResult:
+        # Gather first: the scan must not run over records being written.
+        doomed = list(self._history.scan(self._txn, op.key, op.range_end))
+        revision = self._begin + 1
+        for prev in doomed:
+            tombstone = KeyValue(key=prev.key, value=b"", create_revision=0,
+                                 mod_revision=revision, version=0, lease=0,
+                                 timestamp=self._timestamp)
+            self._write(tombstone)
+            self.events.append(Event(type=EventType.DELETE, kv=tombstone, prev_kv=prev))
+        return DeleteResult(revision=self.revision, deleted=len(doomed),
+                            prev_kvs=tuple(doomed) if op.prev_kv else ())
+
+    def _holds(self, cmp: Compare) -> bool:
+        kvs = list(self._history.scan(self._txn, cmp.key, cmp.range_end))
+        if not kvs:
+            # etcd: a missing key has version/revisions/lease 0, and no value
+            # at all, so every comparison of its value fails.
+            if cmp.target is CompareTarget.VALUE:
+                return False
+            return _satisfies(cmp.op, 0, cmp.value)
+        return all(_satisfies(cmp.op, _field(kv, cmp.target), cmp.value) for kv in kvs)
+
+    def _txn_command(self, txn: Txn) -> TxnResult:
+        succeeded = all(self._holds(cmp) for cmp in txn.compares)
+        ops = txn.success if succeeded else txn.failure
+        # Every check of the chosen branch comes before its first write.
+        for op in ops:
+            if isinstance(op, RangeRequest):
+                check_read_revision(op.revision, current=self._begin,
+                                    compact_revision=self.compact_revision)
+        responses = tuple(self._txn_op(op) for op in ops)
+        return TxnResult(succeeded=succeeded, revision=self.revision, responses=responses)
+
+    def _txn_op(self, op: TxnOp) -> TxnResponse:
+        if isinstance(op, Put):
+            return self._put(op)
+        if isinstance(op, DeleteRange):
+            return self._delete(op)
+        # Reads see the writes of the ops before them (as in etcd).
+        return read_range(self._history, self._txn, op, current=self.revision)
+
+    def _compact(self, cmd: Compact) -> CompactResult:
+        if cmd.revision <= self.compact_revision:
+            raise Compacted(compact_revision=self.compact_revision)
+        if cmd.revision > self._begin:
+            raise InvalidArgument(f"future revision {cmd.revision} "
+                                  f"(current revision {self._begin})")
+        self._history.compact(self._txn, cmd.revision)
+        self.compact_revision = cmd.revision
+        return CompactResult(revision=self._begin, compact_revision=cmd.revision)

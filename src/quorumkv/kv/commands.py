@@ -1,0 +1,130 @@
+"""The commands the key-value state machine applies, and the read request.
+
+A command is what a client asks to change; the leader stamps it with its
+wall clock (``timestamp``, nanoseconds) when it proposes it, encodes it with
+:mod:`quorumkv.kv.codec` and appends it to the log. Every replica applies the
+same bytes and so reaches the same state: nothing in a command is read from
+the replica applying it.
+
+Key ranges follow etcd: ``range_end`` None means the single key ``key``;
+``range_end`` equal to :data:`~quorumkv.kv.keys.ALL_KEYS` (``b"\\0"``) means
+every key >= ``key``; anything else is the half-open interval
+``[key, range_end)``. :func:`~quorumkv.kv.keys.prefix_end` builds the end of
+a prefix range.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from quorumkv.kv.keys import prefix_end
+
+
+class CompareTarget(enum.IntEnum):
+    """What a :class:`Compare` looks at (numbered as in etcd's protocol)."""
+
+    VERSION = 0
+    CREATE_REVISION = 1
+    MOD_REVISION = 2
+    VALUE = 3
+    LEASE = 4
+
+
+class CompareOp(enum.IntEnum):
+    EQUAL = 0
+    GREATER = 1
+    LESS = 2
+    NOT_EQUAL = 3
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Put:
+    key: bytes
+    value: bytes
+    lease: int = 0
+    prev_kv: bool = False
+    """Return the version this put replaced."""
+    timestamp: int = 0
+    """Leader's clock at proposal (ns). Inside a :class:`Txn`, leave it 0: the Txn's applies."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeleteRange:
+    key: bytes
+    range_end: bytes | None = None
+    prev_kv: bool = False
+    """Return the versions this delete removed."""
+    timestamp: int = 0
+
+    @classmethod
+    def prefix(cls, prefix: bytes, *, prev_kv: bool = False) -> DeleteRange:
+        return cls(key=prefix, range_end=prefix_end(prefix), prev_kv=prev_kv)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RangeRequest:
+    """A read. Served by a replica directly, or inside a :class:`Txn` through the log."""
+
+    key: bytes
+    range_end: bytes | None = None
+    limit: int = 0
+    """At most this many keys (0: no limit); ``count`` still counts them all."""
+    revision: int = 0
+    """Read the store as of this revision (0: the current one)."""
+    keys_only: bool = False
+    count_only: bool = False
+
+    @classmethod
+    def prefix(cls, prefix: bytes, *, limit: int = 0, revision: int = 0,
+               keys_only: bool = False, count_only: bool = False) -> RangeRequest:
+        return cls(key=prefix, range_end=prefix_end(prefix), limit=limit, revision=revision,
+                   keys_only=keys_only, count_only=count_only)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compare:
+    """A condition on the current version of a key (or of every key in a range).
+
+    ``value`` is bytes when ``target`` is VALUE, an int otherwise. As in etcd,
+    a missing key has version, create and mod revision and lease 0, and any
+    comparison of the VALUE of a missing key is false; over a range, the
+    condition must hold for every key in it.
+    """
+
+    key: bytes
+    target: CompareTarget
+    op: CompareOp
+    value: bytes | int
+    range_end: bytes | None = None
+
+
+TxnOp = Put | DeleteRange | RangeRequest
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Txn:
+    """If every compare holds, run ``success``; otherwise ``failure``.
+
+    All writes of one Txn share one new revision (told apart by their sub
+    revision), and a Txn that writes nothing leaves the revision alone. Ops
+    run in order and each sees the writes before it. A Txn without compares
+    is a batch.
+    """
+
+    compares: tuple[Compare, ...] = ()
+    success: tuple[TxnOp, ...] = ()
+    failure: tuple[TxnOp, ...] = ()
+    timestamp: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Compact:
+    """Drop history older than ``revision`` (reads below it then fail with Compacted)."""
+
+    revision: int
+    timestamp: int = 0
+
+
+Command = Put | DeleteRange | Txn | Compact
+"""What a normal log entry carries."""

@@ -1,0 +1,174 @@
+"""The LMDB environment under a store: how it is opened, checked, flushed, and its errors.
+
+A state machine directory is an LMDB environment (``data.mdb``, ``lock.mdb``)
+with two named sub-databases, ``kv`` (see ``history.py``) and ``meta`` (see
+``records.py``). Anything else in it is refused with DataDirError rather
+than guessed at.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import lmdb
+
+from quorumkv.errors import DataDirError, StorageError
+from quorumkv.kv.history import Txn
+from quorumkv.kv.records import (
+    CONF_KEY,
+    FORMAT,
+    FORMAT_KEY,
+    STATE_KEY,
+    StoreState,
+    decode_format,
+    decode_state,
+    encode_conf,
+    encode_format,
+    encode_state,
+)
+
+KV_DB = b"kv"
+META_DB = b"meta"
+DATA_FILE = "data.mdb"
+
+
+@contextmanager
+def lmdb_errors(what: str) -> Iterator[None]:
+    """Translate LMDB's and the file system's errors into ours at the boundary."""
+    try:
+        yield
+    except lmdb.MapFullError as err:
+        raise StorageError(f"{what}: the state machine is full; open it with a larger "
+                           f"map_size") from err
+    except (lmdb.Error, OSError) as err:
+        raise StorageError(f"{what}: {err}") from err
+
+
+# Why these flags. The Raft log, fsynced before an entry is acknowledged, is
+# the durability boundary: after a crash the server replays committed
+# entries from applied_index + 1. So an apply need not be durable when it
+# returns (losing the last applies only means replaying them), but LMDB must
+# never be *corrupted* by a crash, and its applied index must not run ahead
+# of its data (it cannot: they commit in one transaction).
+#
+# - sync=False (MDB_NOSYNC) skips the flush at commit. A killed process
+#   loses nothing, since the pages are in the OS cache, but after a power
+#   cut the kernel may have written the meta page before the pages it points
+#   to: LMDB documents that this can corrupt the file unless the file system
+#   keeps write order. Not safe.
+# - writemap=True and map_async=True let the kernel flush the map's dirty
+#   pages in any order: the same risk, and stray writes reach the file.
+# - metasync=False (MDB_NOMETASYNC) flushes the data pages at commit and
+#   leaves the meta page to the next commit's flush. A crash can undo the
+#   last transaction and cannot corrupt: exactly "may lose a suffix, replay
+#   it", for one fdatasync per commit instead of two.
+#
+# Hence sync=True, metasync=False, writemap=False, map_async=False.
+# ``apply_batch`` spreads the one fdatasync over every entry of a batch, and
+# ``snapshot_to`` forces a full flush first, so the store on disk never
+# falls behind a snapshot taken from it (after which the log may be cut).
+# A temporary store (simulations, tests) is deleted on close and never
+# outlives a crash, so it opens with sync=False.
+def open_environment(path: Path, *, map_size: int, durable: bool,
+                     create: bool) -> lmdb.Environment:
+    if create:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise DataDirError(f"cannot create the state machine in {path}: {err}") from err
+    elif not (path / DATA_FILE).is_file():
+        raise DataDirError(f"no state machine in {path}")
+    try:
+        return lmdb.open(str(path), map_size=map_size, subdir=True, create=create,
+                         max_dbs=2, sync=durable, metasync=False, writemap=False,
+                         map_async=False)
+    except lmdb.Error as err:
+        raise DataDirError(f"cannot open the state machine in {path}: {err}") from err
+
+
+def flush_copy(path: Path) -> None:
+    """Make the LMDB data file copied into directory ``path`` durable.
+
+    This package does no file I/O of its own (it imports no ``os``), so it
+    asks LMDB: opening the copy and forcing a sync fdatasyncs its data file.
+    """
+    with lmdb_errors(f"flushing {path}"):
+        env = lmdb.open(str(path), subdir=True, create=False, max_dbs=2, lock=False)
+        try:
+            env.sync(True)
+        finally:
+            env.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Attached:
+    kv_db: lmdb._Database
+    meta_db: lmdb._Database
+    state: StoreState
+
+
+def _check_names(txn: Txn, path: Path) -> bool:
+    """Whether the environment is new; DataDirError if it is someone else's."""
+    names = {name for name, _ in txn.cursor()}
+    if names and names != {KV_DB, META_DB}:
+        raise DataDirError(f"{path} holds an LMDB store that is not a quorumkv state machine")
+    return not names
+
+
+def read_state(txn: Txn, meta_db: lmdb._Database, path: Path) -> StoreState:
+    fmt, state, conf = (txn.get(key, db=meta_db) for key in (FORMAT_KEY, STATE_KEY, CONF_KEY))
+    if fmt is None or state is None or conf is None:
+        raise DataDirError(f"{path} is not a quorumkv state machine")
+    if decode_format(fmt) != FORMAT:
+        raise DataDirError(f"{path} has state machine format {decode_format(fmt)}; this "
+                           f"version reads format {FORMAT}")
+    return decode_state(state, conf)
+
+
+def attach(env: lmdb.Environment, path: Path) -> Attached:
+    """Open the sub-databases, initialising a new environment; refuse foreign ones."""
+    with lmdb_errors(f"opening {path}"), env.begin(write=True) as txn:
+        new = _check_names(txn, path)
+        try:
+            kv_db = env.open_db(KV_DB, txn=txn)
+            meta_db = env.open_db(META_DB, txn=txn)
+        except lmdb.IncompatibleError as err:
+            raise DataDirError(f"{path} is not a quorumkv state machine") from err
+        if not new:
+            return Attached(kv_db, meta_db, read_state(txn, meta_db, path))
+        state = StoreState()
+        txn.put(FORMAT_KEY, encode_format(), db=meta_db)
+        txn.put(STATE_KEY, encode_state(state), db=meta_db)
+        txn.put(CONF_KEY, encode_conf(state.conf_state), db=meta_db)
+        return Attached(kv_db, meta_db, state)
+
+
+def copy_checked(source: Path, dest: Path) -> StoreState:
+    """Copy the state machine in ``source`` into empty directory ``dest``; return its state.
+
+    The source is opened read-only and without a lock file, so a snapshot
+    directory is left as it was; it must be a state machine of our format.
+    """
+    if not (source / DATA_FILE).is_file():
+        raise DataDirError(f"no state machine in {source}")
+    try:
+        env = lmdb.open(str(source), subdir=True, create=False, readonly=True, lock=False,
+                        max_dbs=2)
+    except lmdb.Error as err:
+        raise DataDirError(f"cannot open the state machine in {source}: {err}") from err
+    try:
+        with lmdb_errors(f"copying {source}"), env.begin() as txn:
+            if _check_names(txn, source):
+                raise DataDirError(f"{source} is not a quorumkv state machine")
+            try:
+                meta_db = env.open_db(META_DB, txn=txn, create=False)
+            except lmdb.Error as err:
+                raise DataDirError(f"{source} is not a quorumkv state machine") from err
+            state = read_state(txn, meta_db, source)
+            env.copy(str(dest), compact=True, txn=txn)
+            return state
+    finally:
+        env.close()

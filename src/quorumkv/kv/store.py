@@ -1,0 +1,378 @@
+"""KVStore: the replicated state machine, an MVCC key-value store on LMDB.
+
+The server hands it every committed log entry, in index order: commands
+through :meth:`KVStore.apply` (or many at once through
+:meth:`KVStore.apply_batch`), membership changes through
+:meth:`KVStore.apply_conf_state`, and entries with nothing to apply (the
+leader's no-op) through :meth:`KVStore.apply_noop`. Each call is one LMDB
+write transaction that also records the entry's index and term, so the data
+and the applied index never disagree on disk; an entry at or below the
+applied index is skipped, which makes replay after a restart safe.
+
+A command that fails (compacting the past, reading a compacted revision in
+a Txn) fails the same way on every replica: its entry still counts as
+applied, and the error is the entry's result.
+
+The store may be read from other threads while one thread applies: every
+read runs in its own LMDB snapshot. Closing or restoring it while others
+use it is not safe. Its files and flags are described in ``environment.py``,
+its key layout in ``keys.py``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from types import TracebackType
+from typing import TypeAlias
+
+import lmdb
+
+from quorumkv.errors import DataDirError, RequestError, StorageError
+from quorumkv.kv.applier import Applier
+from quorumkv.kv.commands import Command, RangeRequest
+from quorumkv.kv.environment import (
+    DATA_FILE,
+    attach,
+    copy_checked,
+    flush_copy,
+    lmdb_errors,
+    open_environment,
+    read_state,
+)
+from quorumkv.kv.history import SCAN_ALL_START, History, Txn
+from quorumkv.kv.keys import ALL_KEYS
+from quorumkv.kv.packing import pack
+from quorumkv.kv.reads import check_read_revision, read_range
+from quorumkv.kv.records import (
+    CONF_KEY,
+    FORMAT,
+    STATE_KEY,
+    StoreState,
+    encode_conf,
+    encode_kv,
+    encode_state,
+)
+from quorumkv.kv.results import AlreadyApplied, Applied, KeyValue, RangeResult
+from quorumkv.kv.validation import check_command, check_range_request
+from quorumkv.raft.entries import ConfState, SnapshotMeta
+
+DEFAULT_MAP_SIZE = 8 << 30
+"""Address space reserved for the data file; the file grows only as data is written."""
+
+TEMPORARY_MAP_SIZE = 1 << 30
+
+Payload: TypeAlias = Command | ConfState | None
+"""What a committed entry asks of the store: a command, a new membership, or nothing."""
+
+Outcome: TypeAlias = Applied | AlreadyApplied | RequestError
+
+_RESTORE_STAGING = "restore.tmp"
+
+
+class KVStore:
+    """The MVCC key-value state machine of one Raft group."""
+
+    def __init__(self, path: Path, *, map_size: int, durable: bool, temporary: bool) -> None:
+        """Use :meth:`open` or :meth:`open_temporary`."""
+        self._path = path
+        self._map_size = map_size
+        self._durable = durable
+        self._temporary = temporary
+        self._env: lmdb.Environment | None = None
+        self._attach(create=True)
+
+    def _attach(self, *, create: bool) -> None:
+        env = open_environment(self._path, map_size=self._map_size, durable=self._durable,
+                               create=create)
+        try:
+            attached = attach(env, self._path)
+        except BaseException:
+            env.close()
+            raise
+        self._env = env
+        self._history = History(attached.kv_db)
+        self._meta = attached.meta_db
+        self._state = attached.state
+
+    # -- opening and closing ------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE,
+             create: bool = True) -> KVStore:
+        """Open the store in directory ``path`` (a snapshot copy will do); create it if asked."""
+        path = Path(path)
+        if not create and not (path / DATA_FILE).is_file():
+            raise DataDirError(f"no state machine in {path}")
+        # A restore interrupted by a crash leaves its staging copy behind;
+        # the store is whichever data file was in place.
+        shutil.rmtree(path / _RESTORE_STAGING, ignore_errors=True)
+        return cls(path, map_size=map_size, durable=True, temporary=False)
+
+    @classmethod
+    def open_temporary(cls, *, map_size: int = TEMPORARY_MAP_SIZE) -> KVStore:
+        """A store in a fresh temporary directory, deleted on :meth:`close`.
+
+        Same code and semantics as a real one, for simulations and tests;
+        nothing in it needs to survive a crash, so it skips fsync.
+        """
+        path = Path(tempfile.mkdtemp(prefix="quorumkv-kv-"))
+        try:
+            return cls(path, map_size=map_size, durable=False, temporary=True)
+        except BaseException:
+            shutil.rmtree(path, ignore_errors=True)
+            raise
+
+    def close(self) -> None:
+        """Close the store (idempotent); a temporary store's directory goes with it."""
+        self._close_env()
+        if self._temporary:
+            shutil.rmtree(self._path, ignore_errors=True)
+
+    def _close_env(self) -> None:
+        if self._env is not None:
+            self._env.close()
+            self._env = None
+
+    def __enter__(self) -> KVStore:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def _live_env(self) -> lmdb.Environment:
+        if self._env is None:
+            raise StorageError("the state machine is closed")
+        return self._env
+
+    # -- state --------------------------------------------------------------
+
+    @property
+    def path(self) -> Path:
+        return self._path
+
+    @property
+    def applied_index(self) -> int:
+        return self._state.applied_index
+
+    @property
+    def applied_term(self) -> int:
+        return self._state.applied_term
+
+    @property
+    def revision(self) -> int:
+        return self._state.revision
+
+    @property
+    def compact_revision(self) -> int:
+        return self._state.compact_revision
+
+    @property
+    def conf_state(self) -> ConfState:
+        return self._state.conf_state
+
+    # -- applying committed entries ----------------------------------------
+
+    def apply(self, index: int, term: int, cmd: Command) -> Applied | AlreadyApplied:
+        """Apply one command entry.
+
+        If the command fails, the entry is recorded as applied all the same
+        and then its RequestError is raised.
+        """
+        outcome = self.apply_batch([(index, term, cmd)])[0]
+        if isinstance(outcome, RequestError):
+            raise outcome
+        return outcome
+
+    def apply_conf_state(self, index: int, term: int,
+                         conf: ConfState) -> Applied | AlreadyApplied:
+        """Record the membership a conf change entry produced."""
+        outcome = self.apply_batch([(index, term, conf)])[0]
+        assert not isinstance(outcome, RequestError)
+        return outcome
+
+    def apply_noop(self, index: int, term: int) -> Applied | AlreadyApplied:
+        """Record an entry that carries nothing to apply (the leader's no-op)."""
+        outcome = self.apply_batch([(index, term, None)])[0]
+        assert not isinstance(outcome, RequestError)
+        return outcome
+
+    def apply_batch(self, entries: Iterable[tuple[int, int, Payload]]) -> list[Outcome]:
+        """Apply consecutive entries ``(index, term, payload)`` in one LMDB transaction.
+
+        Returns one outcome per entry: Applied, AlreadyApplied (index at or
+        below the applied index), or the RequestError its command failed
+        with. An index that skips ahead of the applied index, or a term that
+        goes back, raises DataDirError and applies nothing: the state machine
+        would miss entries, so it and the log do not belong together.
+        """
+        env = self._live_env()
+        outcomes: list[Outcome] = []
+        state = self._state
+        with lmdb_errors("applying entries"):
+            txn = env.begin(write=True)
+            try:
+                for index, term, payload in entries:
+                    if index <= state.applied_index:
+                        outcomes.append(AlreadyApplied(index=index,
+                                                       applied_index=state.applied_index))
+                        continue
+                    _check_next(state, index, term)
+                    outcome, state = self._apply_one(txn, state, index, payload)
+                    state = replace(state, applied_index=index, applied_term=term)
+                    outcomes.append(outcome)
+                if state is self._state:
+                    txn.abort()
+                    return outcomes
+                txn.put(STATE_KEY, encode_state(state), db=self._meta)
+                if state.conf_state != self._state.conf_state:
+                    txn.put(CONF_KEY, encode_conf(state.conf_state), db=self._meta)
+                txn.commit()
+            except BaseException:
+                txn.abort()
+                raise
+        self._state = state
+        return outcomes
+
+    def _apply_one(self, txn: Txn, state: StoreState, index: int,
+                   payload: Payload) -> tuple[Applied | RequestError, StoreState]:
+        if payload is None:
+            return Applied(index=index), state
+        if isinstance(payload, ConfState):
+            return Applied(index=index, conf_state=payload), replace(state, conf_state=payload)
+        applier = Applier(self._history, txn, revision=state.revision,
+                          compact_revision=state.compact_revision)
+        try:
+            check_command(payload)
+            result = applier.apply(payload)
+        except RequestError as err:
+            # Raised before any write (see applier.py): nothing to undo.
+            return err, state
+        return (Applied(index=index, result=result, events=tuple(applier.events)),
+                replace(state, revision=applier.revision,
+                        compact_revision=applier.compact_revision))
+
+    def sync(self) -> None:
+        """Make everything applied so far durable.
+
+        Applies are durable only up to their last transaction or so (see
+        ``environment.py``); a server that truncates its log at the applied
+        index, rather than at a snapshot, calls this first.
+        """
+        env = self._live_env()
+        if self._durable:
+            with lmdb_errors("syncing"):
+                env.sync(True)
+
+    # -- reads --------------------------------------------------------------
+
+    def range(self, req: RangeRequest) -> RangeResult:
+        """Answer a read from this replica's state (as of ``req.revision`` if set).
+
+        Raises Compacted below the compact revision and InvalidArgument for
+        a revision this replica has not reached.
+        """
+        check_range_request(req)
+        with lmdb_errors("reading"), self._live_env().begin() as txn:
+            state = read_state(txn, self._meta, self._path)
+            check_read_revision(req.revision, current=state.revision,
+                                compact_revision=state.compact_revision)
+            return read_range(self._history, txn, req, current=state.revision)
+
+    def get(self, key: bytes, *, revision: int = 0) -> KeyValue | None:
+        """The live version of ``key`` (as of ``revision`` if set), or None."""
+        result = self.range(RangeRequest(key=key, revision=revision))
+        return result.kvs[0] if result.kvs else None
+
+    def digest(self) -> str:
+        """SHA-256 (hex) of the logical state: the revisions and every live key with its
+        metadata.
+
+        Replicas that applied the same entries have the same digest however
+        they got there (replay, restart, snapshot). The applied index and
+        history below the newest versions are not part of it.
+        """
+        digest = hashlib.sha256()
+        with lmdb_errors("reading"), self._live_env().begin() as txn:
+            state = read_state(txn, self._meta, self._path)
+            digest.update(pack([b"quorumkv-kv", FORMAT, state.revision,
+                                state.compact_revision]))
+            for kv in self._history.scan(txn, SCAN_ALL_START, ALL_KEYS):
+                # msgpack values delimit themselves, so the stream is unambiguous.
+                digest.update(encode_kv(kv))
+        return digest.hexdigest()
+
+    def history_size(self) -> int:
+        """Versions stored, tombstones included: what compaction shrinks."""
+        with lmdb_errors("reading"), self._live_env().begin() as txn:
+            return txn.stat(self._history.db)["entries"]
+
+    # -- snapshots ----------------------------------------------------------
+
+    def snapshot_to(self, path: str | Path) -> SnapshotMeta:
+        """Write a consistent, compacted copy of the store into directory ``path``.
+
+        ``path`` must be missing or empty. Writers may go on meanwhile: the
+        copy is one LMDB read snapshot, and the metadata returned (applied
+        index and term, membership) is that snapshot's. The copy's data file
+        is flushed; making its directory entry durable (sync the parent,
+        rename into place) is the caller's business, as for any new file.
+        """
+        dest = Path(path)
+        env = self._live_env()
+        with lmdb_errors(f"writing a snapshot to {dest}"):
+            dest.mkdir(parents=True, exist_ok=True)
+            if any(dest.iterdir()):
+                raise DataDirError(f"snapshot destination {dest} is not empty")
+            # Make everything committed so far durable, so the store on disk
+            # never falls behind a snapshot taken from it.
+            self.sync()
+            with env.begin() as txn:
+                state = read_state(txn, self._meta, self._path)
+                env.copy(str(dest), compact=True, txn=txn)
+        if self._durable:
+            flush_copy(dest)
+        return SnapshotMeta(index=state.applied_index, term=state.applied_term,
+                            conf=state.conf_state)
+
+    def restore_from(self, path: str | Path) -> SnapshotMeta:
+        """Replace this store's contents with the snapshot in directory ``path``.
+
+        The snapshot is checked, copied next to the data file, flushed, and
+        renamed over it, so a crash leaves either the old store or the new
+        one. (The rename is durable once the directory is synced; a server
+        that restarts with the old store simply restores again.) The
+        snapshot directory is left untouched.
+        """
+        self._live_env()
+        staging = self._path / _RESTORE_STAGING
+        with lmdb_errors(f"restoring from {path}"):
+            shutil.rmtree(staging, ignore_errors=True)
+            staging.mkdir()
+        try:
+            state = copy_checked(Path(path), staging)
+            if self._durable:
+                flush_copy(staging)
+            self._close_env()
+            with lmdb_errors(f"restoring from {path}"):
+                (staging / DATA_FILE).replace(self._path / DATA_FILE)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+            if self._env is None:
+                self._attach(create=False)
+        return SnapshotMeta(index=state.applied_index, term=state.applied_term,
+                            conf=state.conf_state)
+
+
+def _check_next(state: StoreState, index: int, term: int) -> None:
+    if index != state.applied_index + 1:
+        raise DataDirError(f"entry {index} comes after applied index {state.applied_index}: "
+                           f"entries would be skipped")
+    if term < state.applied_term:
+        raise DataDirError(f"entry {index} has term {term}, below the applied term "
+                           f"{state.applied_term}")

@@ -1,0 +1,210 @@
+"""Checks on commands: their shape (always) and their size (before they enter the log).
+
+:func:`check_command` checks what every replica can check alike: types,
+empty keys, inverted ranges, duplicate writes in a Txn. Decoding runs it, and
+so does the store before applying, so no malformed command reaches a write.
+
+:func:`validate` adds the size limits. The leader runs it once, at proposal.
+Replicas never apply limits to committed entries: limits are configuration,
+configuration can differ between nodes, and a committed entry must have the
+same outcome everywhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from quorumkv.errors import InvalidArgument, KeyTooLarge, ValueTooLarge
+from quorumkv.kv.commands import (
+    Command,
+    Compact,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    DeleteRange,
+    Put,
+    RangeRequest,
+    Txn,
+    TxnOp,
+)
+from quorumkv.kv.keys import ALL_KEYS, MAX_REVISION, in_range
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    max_key_size: int = 4096
+    max_value_size: int = 1536 * 1024
+    max_txn_ops: int = 128
+    """Per list: compares, success ops and failure ops are each limited (as in etcd)."""
+
+
+def _check_int(what: str, value: object) -> None:
+    # bool is an int subclass; True as a revision is a bug, not a 1.
+    if type(value) is not int:
+        raise InvalidArgument(f"{what} must be an integer, not {type(value).__name__}")
+    if not 0 <= value <= MAX_REVISION:
+        raise InvalidArgument(f"{what} must be between 0 and 2**63-1, not {value}")
+
+
+def _check_bool(what: str, value: object) -> None:
+    if type(value) is not bool:
+        raise InvalidArgument(f"{what} must be a boolean, not {type(value).__name__}")
+
+
+def _check_key(what: str, key: object) -> None:
+    if type(key) is not bytes:
+        raise InvalidArgument(f"{what} must be bytes, not {type(key).__name__}")
+    if not key:
+        raise InvalidArgument(f"{what} must not be empty")
+
+
+def _check_range(key: object, range_end: object) -> None:
+    _check_key("key", key)
+    if range_end is None:
+        return
+    if type(range_end) is not bytes:
+        raise InvalidArgument(f"range_end must be bytes or None, not {type(range_end).__name__}")
+    assert isinstance(key, bytes)
+    if range_end != ALL_KEYS and range_end < key:
+        raise InvalidArgument("range_end sorts before key")
+
+
+def _check_put(op: Put) -> None:
+    _check_key("key", op.key)
+    if type(op.value) is not bytes:
+        raise InvalidArgument(f"value must be bytes, not {type(op.value).__name__}")
+    _check_int("lease", op.lease)
+    _check_bool("prev_kv", op.prev_kv)
+    _check_int("timestamp", op.timestamp)
+
+
+def _check_delete(op: DeleteRange) -> None:
+    _check_range(op.key, op.range_end)
+    _check_bool("prev_kv", op.prev_kv)
+    _check_int("timestamp", op.timestamp)
+
+
+def check_range_request(req: RangeRequest) -> None:
+    if not isinstance(req, RangeRequest):
+        raise InvalidArgument(f"not a range request: {type(req).__name__}")
+    _check_range(req.key, req.range_end)
+    _check_int("limit", req.limit)
+    _check_int("revision", req.revision)
+    _check_bool("keys_only", req.keys_only)
+    _check_bool("count_only", req.count_only)
+
+
+def _check_compare(cmp: Compare) -> None:
+    if not isinstance(cmp, Compare):
+        raise InvalidArgument(f"not a compare: {type(cmp).__name__}")
+    _check_range(cmp.key, cmp.range_end)
+    if type(cmp.target) is not CompareTarget:
+        raise InvalidArgument("compare target must be a CompareTarget")
+    if type(cmp.op) is not CompareOp:
+        raise InvalidArgument("compare op must be a CompareOp")
+    if cmp.target is CompareTarget.VALUE:
+        if type(cmp.value) is not bytes:
+            raise InvalidArgument("a VALUE compare takes bytes")
+    else:
+        _check_int(f"{cmp.target.name} compare value", cmp.value)
+
+
+def _check_ops(ops: object) -> None:
+    if type(ops) is not tuple:
+        raise InvalidArgument("txn ops must be a tuple")
+    for op in ops:
+        if isinstance(op, Put):
+            _check_put(op)
+        elif isinstance(op, DeleteRange):
+            _check_delete(op)
+        elif isinstance(op, RangeRequest):
+            check_range_request(op)
+        else:
+            raise InvalidArgument(f"not a txn op: {type(op).__name__}")
+        if not isinstance(op, RangeRequest) and op.timestamp != 0:
+            raise InvalidArgument("ops inside a txn take the txn's timestamp; leave theirs 0")
+    _check_no_duplicate_writes(ops)
+
+
+def _check_no_duplicate_writes(ops: tuple[TxnOp, ...]) -> None:
+    # As in etcd: one branch may not put a key twice, nor put a key it also
+    # deletes, since the outcome would depend on op order in a way clients
+    # rarely mean. Overlapping deletes are fine.
+    put_keys: set[bytes] = set()
+    deletes = [op for op in ops if isinstance(op, DeleteRange)]
+    for op in ops:
+        if not isinstance(op, Put):
+            continue
+        if op.key in put_keys:
+            raise InvalidArgument("duplicate key given in txn request")
+        put_keys.add(op.key)
+        if any(in_range(op.key, d.key, d.range_end) for d in deletes):
+            raise InvalidArgument("duplicate key given in txn request")
+
+
+def _check_txn(txn: Txn) -> None:
+    if type(txn.compares) is not tuple:
+        raise InvalidArgument("txn compares must be a tuple")
+    for cmp in txn.compares:
+        _check_compare(cmp)
+    _check_ops(txn.success)
+    _check_ops(txn.failure)
+    _check_int("timestamp", txn.timestamp)
+
+
+def check_command(cmd: Command) -> None:
+    """Raise InvalidArgument unless ``cmd`` is well formed (sizes aside)."""
+    if isinstance(cmd, Put):
+        _check_put(cmd)
+    elif isinstance(cmd, DeleteRange):
+        _check_delete(cmd)
+    elif isinstance(cmd, Txn):
+        _check_txn(cmd)
+    elif isinstance(cmd, Compact):
+        _check_int("revision", cmd.revision)
+        _check_int("timestamp", cmd.timestamp)
+    else:
+        raise InvalidArgument(f"not a command: {type(cmd).__name__}")
+
+
+def _check_key_size(key: bytes, range_end: bytes | None, limits: Limits) -> None:
+    if len(key) > limits.max_key_size:
+        raise KeyTooLarge(f"key of {len(key)} bytes exceeds the limit of {limits.max_key_size}")
+    if range_end is not None and len(range_end) > limits.max_key_size:
+        raise KeyTooLarge(f"range_end of {len(range_end)} bytes exceeds the limit of "
+                          f"{limits.max_key_size}")
+
+
+def _check_value_size(value: bytes, limits: Limits) -> None:
+    if len(value) > limits.max_value_size:
+        raise ValueTooLarge(f"value of {len(value)} bytes exceeds the limit of "
+                            f"{limits.max_value_size}")
+
+
+def _check_sizes(op: Command | TxnOp | Compare, limits: Limits) -> None:
+    if isinstance(op, Put):
+        _check_key_size(op.key, None, limits)
+        _check_value_size(op.value, limits)
+    elif isinstance(op, (DeleteRange, RangeRequest)):
+        _check_key_size(op.key, op.range_end, limits)
+    elif isinstance(op, Compare):
+        _check_key_size(op.key, op.range_end, limits)
+        if isinstance(op.value, bytes):
+            _check_value_size(op.value, limits)
+    elif isinstance(op, Txn):
+        for name, items in (("compares", op.compares), ("success ops", op.success),
+                            ("failure ops", op.failure)):
+            if len(items) > limits.max_txn_ops:
+                raise InvalidArgument(f"too many {name} in txn: {len(items)} > "
+                                      f"{limits.max_txn_ops}")
+        for item in (*op.compares, *op.success, *op.failure):
+            _check_sizes(item, limits)
+
+
+def validate(cmd: Command, limits: Limits | None = None) -> None:
+    """Everything a command must pass before it is proposed.
+
+    Raises InvalidArgument, KeyTooLarge or ValueTooLarge.
+    """
+    check_command(cmd)
+    _check_sizes(cmd, limits or Limits())
