@@ -331,3 +331,28 @@ def test_open_syncs_what_a_dead_process_left_unsynced(
     with reopen(tmp_path, segment_size=300) as wal:
         assert synced == [str(last)]
         assert wal.durable_index == 30
+
+
+def test_a_received_snapshot_discards_the_older_terms_after_it(tmp_path: Path) -> None:
+    """A leader's snapshot at (S, T) replaces a log whose entries after S have terms < T."""
+    wal = WriteAheadLog.open(tmp_path / "wal")
+    wal.append([Entry(term=1, index=i, data=b"x") for i in range(1, 6)])
+    wal.save_snapshot_marker(SnapshotMeta(index=3, term=2))
+    wal.sync()
+    wal.close()
+    again = WriteAheadLog.open(tmp_path / "wal")
+    assert again.recovered.entries == []
+    assert again.recovered.snapshot == SnapshotMeta(index=3, term=2)
+    again.close()
+
+
+def test_a_local_snapshot_keeps_the_nodes_later_entries(tmp_path: Path) -> None:
+    wal = WriteAheadLog.open(tmp_path / "wal")
+    wal.append([Entry(term=1, index=1, data=b"a"), Entry(term=1, index=2, data=b"b"),
+                Entry(term=2, index=3, data=b"c"), Entry(term=2, index=4, data=b"d")])
+    wal.save_snapshot_marker(SnapshotMeta(index=2, term=1))
+    wal.sync()
+    wal.close()
+    again = WriteAheadLog.open(tmp_path / "wal")
+    assert [(e.index, e.term) for e in again.recovered.entries] == [(3, 2), (4, 2)]
+    again.close()

@@ -34,12 +34,15 @@ class RaftConfig:
     """A leader that hears from no majority for an election timeout steps down (§6.2),
     and a follower that heard a leader recently ignores vote requests (leader stickiness)."""
     max_inflight: int = 256
-    """Per-follower window of unacknowledged appends (pipelining, §10.2.1)."""
+    """Per-follower window of unacknowledged appends (pipelining, §10.2.2)."""
     max_msg_bytes: int = 1 << 20
     """Soft cap on the entries carried by one append."""
     max_apply_bytes: int = 64 << 20
     """Soft cap on committed entries handed out in one Ready."""
     injected_bugs: frozenset[InjectedBug] = field(default_factory=frozenset)
+    # Turning off both pre_vote and check_quorum is allowed (the paper's
+    # plain Raft) but a removed server that never learns of its removal can
+    # then disrupt the cluster with ever higher terms (§4.2.3).
 
     def __post_init__(self) -> None:
         assert self.id > 0, "node ids start at 1 (0 means nobody)"

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from quorumkv.raft.config import InjectedBug
 from quorumkv.raft.entries import NONE, EntryType
-from quorumkv.raft.messages import Message, VoteRequest, VoteResponse
+from quorumkv.raft.messages import Message, ReadIndexResponse, VoteRequest, VoteResponse
 from quorumkv.raft.quorum import vote_result
 from quorumkv.raft.ready import Role
 
@@ -99,7 +99,14 @@ def handle_vote_request(node: RaftNode, m: VoteRequest) -> None:
 
 
 def step_candidate(node: RaftNode, m: Message) -> None:
-    if isinstance(m, VoteResponse):
+    if isinstance(m, ReadIndexResponse):
+        # A read forwarded before we started campaigning: the index is still
+        # valid (it came from a leader that confirmed it), so serve it.
+        if m.index > 0:
+            node.release_read(m.context, m.index, node.id)
+        else:
+            node.drop_read(m.context, node.id)
+    elif isinstance(m, VoteResponse):
         if m.pre_vote != (node.role is Role.PRE_CANDIDATE):
             return
         node.votes[m.src] = m.granted

@@ -66,13 +66,11 @@ class RaftNode:
         snapshot: SnapshotMeta | None = None,
         entries: Sequence[Entry] = (),
         applied: int = 0,
-        stable: int | None = None,
     ) -> None:
         """Restart from what the driver persisted (or start empty, to join a cluster).
 
         ``applied`` is how far the state machine got before the restart; the
-        Ready stream resumes after it. ``stable`` exists only for
-        :meth:`bootstrap`, whose initial entries are not yet on disk.
+        Ready stream resumes after it.
         """
         hs = hard_state or HardState()
         self.id = config.id
@@ -80,7 +78,7 @@ class RaftNode:
         self._rng = rng
         self._bugs = config.injected_bugs
         self.log = RaftLog(snapshot=snapshot, entries=entries, committed=hs.commit,
-                           applied=applied, stable=stable)
+                           applied=applied)
         self.term = hs.term
         self.vote = NONE if InjectedBug.FORGET_VOTE_ON_RESTART in self._bugs else hs.vote
         self.role = Role.FOLLOWER
@@ -107,27 +105,26 @@ class RaftNode:
         self._persisted_msgs: list[Message] = []
         self._read_states: list[ReadState] = []
         self._dropped_reads: list[bytes] = []
-        self._prev_hard = hs if stable is None else HardState()
+        self._prev_hard = hs
         self._prev_soft = SoftState(leader=NONE, role=Role.FOLLOWER, term=self.term)
         self._ready_outstanding = False
         self.become_follower(self.term, NONE)
 
-    @classmethod
-    def bootstrap(
-        cls,
-        config: RaftConfig,
-        rng: random.Random,
-        voters: Sequence[int],
-        contexts: Mapping[int, bytes] | None = None,
-    ) -> RaftNode:
-        """A member of a brand-new cluster: the initial membership becomes log entries.
+    @staticmethod
+    def bootstrap_log(
+        voters: Sequence[int], contexts: Mapping[int, bytes] | None = None
+    ) -> tuple[HardState, list[Entry]]:
+        """The initial durable state of every member of a brand-new cluster.
 
-        Every initial member writes the same entries (term 1, indexes 1..n),
-        committed by construction, so that a node joining later learns the
-        initial membership by replaying the log like any other change.
+        The initial membership becomes log entries (term 1, indexes 1..n),
+        committed by construction and identical on every initial member, so
+        that a node joining later learns it by replaying the log like any other
+        change. The driver must make this state durable *before* it starts the
+        node: a member that lost its bootstrap entries would see a partial
+        membership and could elect itself alone.
         """
         ordered = sorted(set(voters))
-        assert config.id in ordered, "a bootstrapping node must be one of the initial voters"
+        assert ordered and ordered[0] > NONE, "voters are node ids >= 1"
         ctx = contexts or {}
         entries = [
             Entry(term=1, index=i + 1, type=EntryType.CONF_CHANGE,
@@ -135,8 +132,7 @@ class RaftNode:
                                   context=ctx.get(v, b"")).encode())
             for i, v in enumerate(ordered)
         ]
-        hs = HardState(term=1, vote=NONE, commit=len(entries))
-        return cls(config, rng, hard_state=hs, entries=entries, stable=0)
+        return HardState(term=1, vote=NONE, commit=len(entries)), entries
 
     # -- inputs -------------------------------------------------------------------
 

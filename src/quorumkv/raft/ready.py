@@ -10,9 +10,10 @@ and handle it in this order, then call ``node.advance(rd)``:
    are the leader's appends, heartbeats and snapshots, and sending them while
    the leader's own disk write is in flight is what lets the leader write its
    log in parallel with replicating it (thesis §10.2.1).
-2. **Persist** ``snapshot`` (if any), then ``entries`` (the first may overwrite
-   the log from its index: truncate there first), then ``hard_state`` (if
-   any). If ``must_sync``, fsync before going on.
+2. **Persist** ``snapshot`` (if any: it replaces the whole log, so no entry
+   the node held before it may survive a restart), then ``entries`` (the
+   first may overwrite the log from its index: truncate there first), then
+   ``hard_state`` (if any). If ``must_sync``, fsync before going on.
 3. **Send ``persisted_messages``** only after step 2 is durable: votes and
    append acknowledgements promise durability (thesis §3.8), and a node that
    crashed before its fsync must not have promised anything.
@@ -23,6 +24,14 @@ and handle it in this order, then call ``node.advance(rd)``:
 6. **Call** ``advance(rd)``. The core then treats the entries as durable, the
    committed entries as applied (membership changes take effect here) and the
    snapshot as installed.
+
+Whenever the driver finishes streaming a snapshot to a follower, or gives
+up, it must call ``report_snapshot(to, success=...)``: until then the leader
+sends that follower nothing but heartbeats.
+
+``read_index`` contexts must be unique across the cluster (the driver makes
+them from its node id and a counter), since the leader matches answers by
+context.
 
 Nothing may be stepped into the node between ``ready()`` and ``advance()``
 that the driver expects to see reflected in ``rd``; stepping is allowed but

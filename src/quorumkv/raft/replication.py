@@ -1,7 +1,7 @@
 """The leader: log replication, commitment, heartbeats, ReadIndex, leadership transfer.
 
 Thesis §3.5-§3.6 for replication and the commit rule, §6.4 for ReadIndex,
-§3.10 for leadership transfer, §6.2 for check-quorum, §10.2.1 for pipelining.
+§3.10 for leadership transfer, §6.2 for check-quorum, §10.2.2 for pipelining.
 """
 
 from __future__ import annotations

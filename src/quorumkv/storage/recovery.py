@@ -3,11 +3,16 @@
 The rules (the live log in wal.py obeys the same ones when it writes):
 
 * A hard-state record replaces the previous one: the latest wins.
-* A snapshot marker at index S says the state machine image covers the log
-  up to S: entries <= S are dropped, later ones are kept. It does not
-  discard later entries that might conflict with the leader's log: Raft's
-  next append after installing a snapshot starts at S + 1 and truncates
-  them (etcd's WAL behaves the same). Markers never go backwards.
+* A snapshot marker at index S and term T says the state machine image
+  covers the log up to S: entries <= S are dropped. Later entries are kept
+  only if their term is at least T. A snapshot taken locally is followed by
+  the node's own later entries (terms never decrease along a log), which
+  stay; a snapshot received from a leader replaces a log that disagreed with
+  it at S, and every entry after S in such a log has a term below T (a
+  leader of term >= T holds the committed entry at S and could not have
+  appended after a different one). Keeping those would give the restarted
+  node a last term below T and let it vote for a candidate missing the
+  committed entry at S. Markers never go backwards.
 * An entry record at index i replaces every entry >= i (Raft's conflict
   resolution, thesis §3.5) and must land right after the last live entry;
   anything else is a gap, hence corruption.
@@ -104,6 +109,9 @@ class LogReplay:
         entries = self.entries
         if entries and entries[0].index <= meta.index:
             del entries[:meta.index - entries[0].index + 1]
+        if entries and (entries[0].index != meta.index + 1 or entries[0].term < meta.term):
+            # A log the leader's snapshot replaced (see the module docstring).
+            entries.clear()
 
     def finish(self, torn: TornTail | None) -> RecoveredState:
         if self.entries and self.entries[0].index > self.snapshot_index + 1:

@@ -311,7 +311,9 @@ class WriteAheadLog:
         """Record that a snapshot covers the log up to ``meta.index``.
 
         Save the snapshot file itself (durably) first. Entries up to the index
-        are dropped from the live log; later ones are kept.
+        are dropped from the live log; later ones survive recovery only if
+        their term is at least the snapshot's (recovery.py says why), and the
+        next append after a received snapshot truncates them anyway.
         """
         with self._lock, self._io("save snapshot marker"):
             snap_index = self._snapshot.index if self._snapshot else 0
