@@ -1,0 +1,1 @@
+"""Bytes on the wire: framing, the peer message codec, and (later) peer connections."""
