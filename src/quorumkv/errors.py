@@ -200,7 +200,14 @@ def from_dict(payload: dict[str, Any]) -> QuorumKVError:
     if not isinstance(details, dict):
         details = {}
     err = cls.__new__(cls)
-    QuorumKVError.__init__(err, str(payload.get("message", "")), remote=True, **details)
-    for k, v in details.items():
-        setattr(err, k, v)
+    message = str(payload.get("message", "")) or cls.__name__
+    Exception.__init__(err, message)
+    err.message = message
+    err.remote = True
+    # Details come from the network: keep them as data, never as constructor
+    # arguments or attributes that could shadow ours.
+    err.details = {str(k): v for k, v in details.items()}
+    for k, v in err.details.items():
+        if k.isidentifier() and not hasattr(err, k):
+            setattr(err, k, v)
     return err

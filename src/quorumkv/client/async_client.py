@@ -1,0 +1,235 @@
+"""The asyncio client.
+
+::
+
+    async with AsyncClient(["127.0.0.1:2379", "127.0.0.1:2380"]) as kv:
+        await kv.put("greeting", "hello")
+        item = await kv.get("greeting")            # KeyValue or None
+        ok = await kv.compare_and_swap("greeting", b"hello", b"bye")
+
+Keys and values may be ``bytes`` or ``str`` (encoded as UTF-8); results
+carry bytes. A write with consistency "one" is answered once it is durable
+in the leader's log, before it is applied, so its result has revision 0
+(unknown) and no previous values; a txn (and so compare_and_swap) needs its
+outcome and refuses "one". Every method may be called concurrently: requests share one
+pipelined connection. How requests fail over and retry is described in
+``retrying_caller.py``; what the consistency levels promise is in the design
+(one, session, quorum, all). Writes are never applied twice by a retry: each
+carries this client's random id and a sequence number the node deduplicates.
+"""
+
+from __future__ import annotations
+
+import random
+import secrets
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, TypeVar
+
+from quorumkv.client.endpoints import Backoff, Endpoints
+from quorumkv.client.protocol import (
+    READ_CONSISTENCY,
+    Durable,
+    ReadRequest,
+    StatusRequest,
+    WriteRequest,
+    range_result_from_wire,
+    write_result_from_wire,
+)
+from quorumkv.client.retrying_caller import RetryingCaller
+from quorumkv.errors import InvalidArgument, ProtocolError
+from quorumkv.kv.commands import (
+    Command,
+    Compact,
+    Compare,
+    CompareOp,
+    CompareTarget,
+    DeleteRange,
+    Put,
+    RangeRequest,
+    Txn,
+    TxnOp,
+)
+from quorumkv.kv.keys import ALL_KEYS, prefix_end
+from quorumkv.kv.results import (
+    CompactResult,
+    DeleteResult,
+    KeyValue,
+    PutResult,
+    RangeResult,
+    Result,
+    TxnResult,
+)
+from quorumkv.kv.validation import check_command, check_range_request
+from quorumkv.transport.framing import DEFAULT_MAX_FRAME
+
+KeyLike = bytes | str
+_R = TypeVar("_R", PutResult, DeleteResult, TxnResult, CompactResult)
+
+
+def to_bytes(what: str, value: KeyLike) -> bytes:
+    if isinstance(value, bytes):
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    raise InvalidArgument(f"{what} must be bytes or str, not {type(value).__name__}")
+
+
+def _level(consistency: str, what: str) -> str:
+    if consistency not in READ_CONSISTENCY:
+        raise InvalidArgument(f"{what} must be one of {', '.join(READ_CONSISTENCY)}, "
+                              f"not {consistency!r}")
+    return consistency
+
+
+class AsyncClient:
+    """A client of one quorumkv cluster; see the module docstring."""
+
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0,
+                 read_consistency: str = "quorum", write_consistency: str = "quorum",
+                 cluster_id: object = None, max_frame: int = DEFAULT_MAX_FRAME,
+                 backoff: float = 0.05, max_backoff: float = 1.0) -> None:
+        """``timeout`` bounds each call, retries included. ``cluster_id``, if given,
+        makes the client refuse nodes of any other cluster."""
+        if not timeout > 0:
+            raise InvalidArgument("timeout must be positive")
+        self._read_consistency = _level(read_consistency, "read_consistency")
+        self._write_consistency = _level(write_consistency, "write_consistency")
+        # Jitter only needs to differ between clients; it must not draw from
+        # the global random state, which simulations seed.
+        jitter = random.Random(secrets.randbits(64))
+        self._caller = RetryingCaller(Endpoints(endpoints), timeout=timeout,
+                                      cluster_id=cluster_id, max_frame=max_frame,
+                                      backoff=Backoff(backoff, max_backoff, jitter))
+        self.client_id = secrets.randbits(63) or 1
+        """Random, so clients need no registration; never 0, which means "no deduplication"."""
+        self._seq = 0
+        self._revision = 0
+
+    @property
+    def revision(self) -> int:
+        """The highest store revision this client has seen; "session" reads wait for it."""
+        return self._revision
+
+    @property
+    def server_info(self) -> dict[str, Any] | None:
+        """The hello of the node the client last connected to."""
+        return self._caller.server_info
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._caller.close()
+
+    # -- writes ----------------------------------------------------------------------
+
+    async def put(self, key: KeyLike, value: KeyLike, *, lease: int = 0, prev_kv: bool = False,
+                  consistency: str | None = None) -> PutResult:
+        cmd = Put(key=to_bytes("key", key), value=to_bytes("value", value), lease=lease,
+                  prev_kv=prev_kv)
+        return _expect(await self._write(cmd, consistency), PutResult, PutResult(revision=0))
+
+    async def delete(self, key: KeyLike, *, range_end: KeyLike | None = None,
+                     prev_kv: bool = False, consistency: str | None = None) -> DeleteResult:
+        end = None if range_end is None else to_bytes("range_end", range_end)
+        cmd = DeleteRange(key=to_bytes("key", key), range_end=end, prev_kv=prev_kv)
+        return _expect(await self._write(cmd, consistency), DeleteResult,
+                       DeleteResult(revision=0, deleted=0))
+
+    async def txn(self, compares: Sequence[Compare], success: Sequence[TxnOp],
+                  failure: Sequence[TxnOp] = (), *, consistency: str | None = None) -> TxnResult:
+        cmd = Txn(compares=tuple(compares), success=tuple(success), failure=tuple(failure))
+        return _expect(await self._write(cmd, consistency, needs_outcome=True), TxnResult)
+
+    async def compare_and_swap(self, key: KeyLike, expected: KeyLike | None, value: KeyLike, *,
+                               consistency: str | None = None) -> bool:
+        """Set ``key`` to ``value`` if its value is ``expected`` (None: if it does not exist)."""
+        k = to_bytes("key", key)
+        if expected is None:
+            # A missing key has version 0 (etcd's convention for "does not exist").
+            cmp = Compare(key=k, target=CompareTarget.VERSION, op=CompareOp.EQUAL, value=0)
+        else:
+            cmp = Compare(key=k, target=CompareTarget.VALUE, op=CompareOp.EQUAL,
+                          value=to_bytes("expected", expected))
+        put = Put(key=k, value=to_bytes("value", value))
+        result = await self.txn([cmp], [put], consistency=consistency)
+        return result.succeeded
+
+    async def compact(self, revision: int, *, consistency: str | None = None) -> CompactResult:
+        result = await self._write(Compact(revision=revision), consistency)
+        return _expect(result, CompactResult, CompactResult(revision=0, compact_revision=revision))
+
+    async def _write(self, cmd: Command, consistency: str | None, *,
+                     needs_outcome: bool = False) -> Result | Durable:
+        level = _level(consistency or self._write_consistency, "consistency")
+        if level == "session":
+            level = "quorum"  # the design: a session write is a quorum write
+        if level == "one" and needs_outcome:
+            raise InvalidArgument("a txn's outcome is known only once it is applied; "
+                                  "use consistency 'quorum' or 'all'")
+        check_command(cmd)  # a malformed command fails here, before any retry loop
+        self._seq += 1
+        # One request object for every attempt: retries carry the same seq.
+        req = WriteRequest(cmd=cmd, consistency=level, client_id=self.client_id, seq=self._seq)
+        result, header = write_result_from_wire(await self._caller.call(req))
+        self._observe(header.revision)
+        return result
+
+    # -- reads -----------------------------------------------------------------------
+
+    async def get(self, key: KeyLike, *, revision: int = 0,
+                  consistency: str | None = None) -> KeyValue | None:
+        result = await self.range(key, revision=revision, consistency=consistency)
+        return result.kvs[0] if result.kvs else None
+
+    async def range(self, key: KeyLike, range_end: KeyLike | None = None, *, limit: int = 0,
+                    revision: int = 0, keys_only: bool = False, count_only: bool = False,
+                    consistency: str | None = None) -> RangeResult:
+        """Keys in [key, range_end); ``range_end`` None: just ``key``; ``b"\\0"``: all >= key."""
+        end = None if range_end is None else to_bytes("range_end", range_end)
+        req = RangeRequest(key=to_bytes("key", key), range_end=end, limit=limit,
+                           revision=revision, keys_only=keys_only, count_only=count_only)
+        check_range_request(req)
+        level = _level(consistency or self._read_consistency, "consistency")
+        min_revision = self._revision if level == "session" else 0
+        body = await self._caller.call(ReadRequest(range=req, consistency=level,
+                                                   min_revision=min_revision))
+        result, header = range_result_from_wire(body)
+        self._observe(header.revision)
+        return result
+
+    async def scan_prefix(self, prefix: KeyLike, *, limit: int = 0, revision: int = 0,
+                          keys_only: bool = False, count_only: bool = False,
+                          consistency: str | None = None) -> RangeResult:
+        """Every key starting with ``prefix`` (an empty prefix: every key)."""
+        p = to_bytes("prefix", prefix)
+        # The empty key is not a key, so b"\0" is the smallest one there is.
+        key, end = (p, prefix_end(p)) if p else (b"\x00", ALL_KEYS)
+        return await self.range(key, end, limit=limit, revision=revision, keys_only=keys_only,
+                                count_only=count_only, consistency=consistency)
+
+    async def status(self) -> dict[str, Any]:
+        """The contacted node's view of itself and the cluster, as the node reports it."""
+        body = await self._caller.call(StatusRequest())
+        header = body.get("header")
+        if isinstance(header, dict) and type(header.get("revision")) is int:
+            self._observe(header["revision"])
+        return body
+
+    def _observe(self, revision: int) -> None:
+        self._revision = max(self._revision, revision)
+
+
+def _expect(result: Result | Durable, cls: type[_R], not_applied_yet: _R | None = None) -> _R:
+    """``result`` as the type the call promises; a "one" write gets ``not_applied_yet``."""
+    if isinstance(result, Durable) and not_applied_yet is not None:
+        return not_applied_yet
+    if not isinstance(result, cls):
+        raise ProtocolError(f"expected a {cls.__name__} from the server, "
+                            f"got a {type(result).__name__}")
+    return result

@@ -1,0 +1,154 @@
+"""The blocking client: the same methods as :class:`AsyncClient`, for code without asyncio.
+
+::
+
+    with Client(["127.0.0.1:2379"]) as kv:
+        kv.put("greeting", "hello")
+        print(kv.get("greeting"))
+
+Each Client runs one AsyncClient on a private event loop in a background
+thread and hands it each call; the calling thread waits for the answer.
+Calls are thread-safe, and calls from several threads are pipelined on the
+one connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Coroutine, Sequence
+from concurrent.futures import Future
+from types import TracebackType
+from typing import Any, TypeVar
+
+from quorumkv.client.async_client import AsyncClient, KeyLike
+from quorumkv.kv.commands import Compare, TxnOp
+from quorumkv.kv.results import (
+    CompactResult,
+    DeleteResult,
+    KeyValue,
+    PutResult,
+    RangeResult,
+    TxnResult,
+)
+from quorumkv.transport.framing import DEFAULT_MAX_FRAME
+
+_T = TypeVar("_T")
+
+
+class Client:
+    """A blocking client of one quorumkv cluster; see :class:`AsyncClient` for the semantics."""
+
+    def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0,
+                 read_consistency: str = "quorum", write_consistency: str = "quorum",
+                 cluster_id: object = None, max_frame: int = DEFAULT_MAX_FRAME,
+                 backoff: float = 0.05, max_backoff: float = 1.0) -> None:
+        # Built first, so bad arguments raise before a thread exists.
+        self._client = AsyncClient(endpoints, timeout=timeout,
+                                   read_consistency=read_consistency,
+                                   write_consistency=write_consistency, cluster_id=cluster_id,
+                                   max_frame=max_frame, backoff=backoff, max_backoff=max_backoff)
+        self._loop = asyncio.new_event_loop()
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run_loop, name="quorumkv-client",
+                                        daemon=True)  # a forgotten close() must not hang exit
+        self._thread.start()
+
+    def _run_loop(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        try:
+            self._loop.run_forever()
+        finally:
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+            # Host name lookups ran in the default executor; join its threads.
+            self._loop.run_until_complete(self._loop.shutdown_default_executor())
+            self._loop.close()
+
+    def _run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("a blocking Client cannot be called from its own event loop")
+        if self._closed:
+            coro.close()
+            raise RuntimeError("the client is closed")
+        future: Future[_T] = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # e.g. KeyboardInterrupt: do not leave the call running
+            raise
+
+    @property
+    def client_id(self) -> int:
+        return self._client.client_id
+
+    @property
+    def revision(self) -> int:
+        return self._client.revision
+
+    @property
+    def server_info(self) -> dict[str, Any] | None:
+        return self._client.server_info
+
+    def close(self) -> None:
+        """Close the connection and stop the background thread (idempotent)."""
+        with self._close_lock:
+            if self._closed:
+                return
+            try:
+                self._run(self._client.close())
+            finally:
+                self._closed = True
+                self._loop.call_soon_threadsafe(self._loop.stop)
+                self._thread.join()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    def put(self, key: KeyLike, value: KeyLike, *, lease: int = 0, prev_kv: bool = False,
+            consistency: str | None = None) -> PutResult:
+        return self._run(self._client.put(key, value, lease=lease, prev_kv=prev_kv,
+                                          consistency=consistency))
+
+    def get(self, key: KeyLike, *, revision: int = 0,
+            consistency: str | None = None) -> KeyValue | None:
+        return self._run(self._client.get(key, revision=revision, consistency=consistency))
+
+    def range(self, key: KeyLike, range_end: KeyLike | None = None, *, limit: int = 0,
+              revision: int = 0, keys_only: bool = False, count_only: bool = False,
+              consistency: str | None = None) -> RangeResult:
+        return self._run(self._client.range(key, range_end, limit=limit, revision=revision,
+                                            keys_only=keys_only, count_only=count_only,
+                                            consistency=consistency))
+
+    def scan_prefix(self, prefix: KeyLike, *, limit: int = 0, revision: int = 0,
+                    keys_only: bool = False, count_only: bool = False,
+                    consistency: str | None = None) -> RangeResult:
+        return self._run(self._client.scan_prefix(prefix, limit=limit, revision=revision,
+                                                  keys_only=keys_only, count_only=count_only,
+                                                  consistency=consistency))
+
+    def delete(self, key: KeyLike, *, range_end: KeyLike | None = None, prev_kv: bool = False,
+               consistency: str | None = None) -> DeleteResult:
+        return self._run(self._client.delete(key, range_end=range_end, prev_kv=prev_kv,
+                                             consistency=consistency))
+
+    def txn(self, compares: Sequence[Compare], success: Sequence[TxnOp],
+            failure: Sequence[TxnOp] = (), *, consistency: str | None = None) -> TxnResult:
+        return self._run(self._client.txn(compares, success, failure, consistency=consistency))
+
+    def compare_and_swap(self, key: KeyLike, expected: KeyLike | None, value: KeyLike, *,
+                         consistency: str | None = None) -> bool:
+        return self._run(self._client.compare_and_swap(key, expected, value,
+                                                       consistency=consistency))
+
+    def compact(self, revision: int, *, consistency: str | None = None) -> CompactResult:
+        return self._run(self._client.compact(revision, consistency=consistency))
+
+    def status(self) -> dict[str, Any]:
+        return self._run(self._client.status())

@@ -1,0 +1,142 @@
+"""One pipelined connection from a client to one node.
+
+Requests are written as soon as they are made and answered in whatever
+order the node finishes them; a reader task matches each response to its
+waiting future by request id. When the connection fails, every waiting
+request fails with NetworkError, so the caller can retry elsewhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from quorumkv.client.endpoints import Endpoint, format_endpoint
+from quorumkv.client.protocol import Request, decode_response, encode_request, error_from_wire
+from quorumkv.errors import NetworkError, ProtocolError, QuorumKVError
+from quorumkv.transport.framing import FrameDecoder, encode_frame
+
+log = logging.getLogger(__name__)
+
+_READ_CHUNK = 64 * 1024
+_MAX_REQUEST_ID = (1 << 63) - 1
+
+
+class Connection:
+    __slots__ = ("_failure", "_max_frame", "_next_id", "_pending", "_reader", "_task",
+                 "_writer", "endpoint")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 endpoint: Endpoint, max_frame: int) -> None:
+        self.endpoint = endpoint
+        self._reader = reader
+        self._writer = writer
+        self._max_frame = max_frame
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._next_id = 1
+        self._failure: str | None = None
+        # Owned by this object and awaited by close(): never left running unowned.
+        self._task = asyncio.get_running_loop().create_task(
+            self._read_loop(), name=f"quorumkv-client-reader {format_endpoint(endpoint)}")
+
+    @classmethod
+    async def open(cls, endpoint: Endpoint, *, max_frame: int) -> Connection:
+        host, port = endpoint
+        try:
+            reader, writer = await asyncio.open_connection(host, port)
+        except OSError as err:  # refused, unreachable, unresolvable: all "try another node"
+            raise NetworkError(f"cannot connect to {format_endpoint(endpoint)}: {err}") from None
+        return cls(reader, writer, endpoint, max_frame)
+
+    @property
+    def closed(self) -> bool:
+        return self._failure is not None
+
+    def send(self, req: Request) -> asyncio.Future[dict[str, Any]]:
+        """Write one request and return the future of its result map.
+
+        Raises before anything is written if the connection is closed or the
+        request cannot be encoded, so a caller knows whether it was sent.
+        """
+        if self._failure is not None:
+            raise NetworkError(self._failure)
+        request_id = self._next_id
+        self._next_id = 1 if request_id == _MAX_REQUEST_ID else request_id + 1
+        frame = encode_frame(encode_request(request_id, req), self._max_frame)
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[request_id] = future
+        # A caller that gives up (timeout, cancel) cancels its future; forget it then.
+        future.add_done_callback(lambda _: self._pending.pop(request_id, None))
+        self._writer.write(frame)
+        return future
+
+    async def drain(self) -> None:
+        """Wait until the transport's buffer has room again (backpressure)."""
+        try:
+            await self._writer.drain()
+        except OSError as err:  # ConnectionResetError and friends
+            message = f"connection to {self._name} lost: {err}"
+            self._fail(lambda: NetworkError(message))
+            raise NetworkError(message) from None
+
+    async def request(self, req: Request) -> dict[str, Any]:
+        future = self.send(req)
+        await self.drain()
+        return await future
+
+    async def close(self) -> None:
+        self._fail(lambda: NetworkError(f"connection to {self._name} closed by the client"))
+        self._task.cancel()
+        # wait() rather than awaiting the task: a cancellation aimed at our
+        # caller must still propagate, and the reader's own end is expected.
+        await asyncio.wait([self._task])
+
+    @property
+    def _name(self) -> str:
+        return format_endpoint(self.endpoint)
+
+    def _fail(self, make_error: Callable[[], QuorumKVError]) -> None:
+        """Close the connection and fail every waiting request (each with its own exception)."""
+        if self._failure is None:
+            self._failure = str(make_error())
+        self._writer.close()
+        pending = list(self._pending.values())
+        self._pending.clear()
+        for future in pending:
+            if not future.done():
+                future.set_exception(make_error())
+
+    def _dispatch(self, frame: bytes) -> None:
+        response = decode_response(frame)
+        future = self._pending.pop(response.request_id, None)
+        if future is None or future.done():
+            return  # its caller gave up waiting
+        if response.ok:
+            future.set_result(response.body)
+        else:
+            future.set_exception(error_from_wire(response.body))
+
+    async def _read_loop(self) -> None:
+        decoder = FrameDecoder(self._max_frame)
+        try:
+            while True:
+                data = await self._reader.read(_READ_CHUNK)
+                if not data:
+                    self._fail(lambda: NetworkError(f"{self._name} closed the connection"))
+                    return
+                for frame in decoder.feed(data):
+                    self._dispatch(frame)
+        except ProtocolError as err:
+            # The server sent something we cannot parse (or an oversized
+            # frame): the stream can no longer be trusted to line up.
+            message = f"{self._name} sent a malformed response: {err.message}"
+            self._fail(lambda: ProtocolError(message))
+        except OSError as err:
+            lost = f"connection to {self._name} lost: {err}"
+            self._fail(lambda: NetworkError(lost))
+        except Exception:
+            # A bug, not the network: say so loudly, and still release every waiter.
+            log.exception("client connection reader for %s failed", self._name)
+            self._fail(lambda: NetworkError(f"connection to {self._name} failed"))

@@ -1,0 +1,288 @@
+"""The client wire protocol, shared by the client port server and the clients.
+
+Every message is one length-prefixed frame (:mod:`quorumkv.transport.framing`)
+holding one msgpack value. Keys and values are always msgpack binaries.
+
+Requests and responses::
+
+    request   [request_id, op, args]           op a string, args a map with string keys
+    response  [request_id, true,  result]      result a map, always with a "header"
+              [request_id, false, error]       error = QuorumKVError.to_dict():
+                                               {"code": str, "message": str, "details": map}
+
+``request_id`` is an integer in [0, 2**63) the client chooses; many requests
+may be in flight on one connection and answers come back in completion
+order, matched by id.
+
+Ops and their args (optional fields show their default)::
+
+    "write"   {"cmd": bin (kv.encode_command), "consistency": "one"|"quorum"|"all" = "quorum",
+               "client_id": int = 0, "seq": int = 0}
+    "range"   {"key": bin, "range_end": bin|nil = nil, "limit": int = 0, "revision": int = 0,
+               "keys_only": bool = false, "count_only": bool = false,
+               "consistency": "one"|"session"|"quorum"|"all" = "quorum", "min_revision": int = 0}
+    "status"  {}   -> a map the node fills (node, members, leader, header)
+    "hello"   {}   -> the node's identity (name, id, cluster_id) and "protocol": int
+
+``(client_id, seq)`` identifies a write for deduplication (thesis §6.3): a
+retry reuses both, so the node can answer it from the first attempt's
+result. client_id 0 means "do not deduplicate".
+
+Results of "write" and "range" are the kv result maps below plus ``"header"``::
+
+    header   {"revision": int, "raft_term": int, "member": str, "applied_index": int}
+    kv       {"key": bin, "value": bin, "create_revision": int, "mod_revision": int,
+              "version": int, "lease": int, "timestamp": int}
+    put      {"type": "put", "revision": int, "prev_kv": kv|nil}
+    delete   {"type": "delete", "revision": int, "deleted": int, "prev_kvs": [kv]}
+    txn      {"type": "txn", "revision": int, "succeeded": bool, "responses": [put|delete|range]}
+    compact  {"type": "compact", "revision": int, "compact_revision": int}
+    range    {"type": "range", "revision": int, "kvs": [kv], "count": int, "more": bool}
+    durable  {"type": "durable", "index": int}     a "one" write: in the leader's log, not
+                                                    yet applied, so no revision or outcome yet
+
+A node builds these with :func:`write_result`, :func:`durable_result` and
+:func:`range_result`.
+
+Requests are checked strictly (the server raises InvalidArgument naming the
+field, and refuses unknown fields so a misspelt option is never ignored);
+responses are checked as strictly on the client (ProtocolError: the server's
+fault), except that unknown result fields are ignored so servers may add some.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Final
+
+from quorumkv import errors
+from quorumkv.client.fields import MAX_INT64, FieldReader, brief, type_name
+from quorumkv.client.results_wire import (
+    Durable,
+    Header,
+    durable_result,
+    kv_from_wire,
+    kv_to_wire,
+    range_result,
+    range_result_from_wire,
+    result_from_wire,
+    result_to_wire,
+    write_result,
+    write_result_from_wire,
+)
+from quorumkv.errors import InvalidArgument, ProtocolError, QuorumKVError
+from quorumkv.kv.codec import decode_command, encode_command
+from quorumkv.kv.commands import Command, RangeRequest
+from quorumkv.kv.packing import pack, unpack
+from quorumkv.kv.validation import check_range_request
+
+__all__ = [
+    "OPS",
+    "PROTOCOL_VERSION",
+    "READ_CONSISTENCY",
+    "WRITE_CONSISTENCY",
+    "Durable",
+    "Header",
+    "HelloRequest",
+    "ReadRequest",
+    "Request",
+    "Response",
+    "StatusRequest",
+    "WriteRequest",
+    "decode_request",
+    "decode_response",
+    "durable_result",
+    "encode_error_response",
+    "encode_request",
+    "encode_response",
+    "error_from_wire",
+    "kv_from_wire",
+    "kv_to_wire",
+    "parse_request",
+    "range_result",
+    "range_result_from_wire",
+    "request_id_of",
+    "result_from_wire",
+    "result_to_wire",
+    "unpack_payload",
+    "write_result",
+    "write_result_from_wire",
+]
+
+PROTOCOL_VERSION: Final = 1
+WRITE_CONSISTENCY: Final = ("one", "quorum", "all")
+READ_CONSISTENCY: Final = ("one", "session", "quorum", "all")
+OPS: Final = ("write", "range", "status", "hello")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WriteRequest:
+    cmd: Command
+    consistency: str = "quorum"
+    client_id: int = 0
+    seq: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadRequest:
+    range: RangeRequest
+    consistency: str = "quorum"
+    min_revision: int = 0
+    """For "session" reads: serve only once this revision is applied (read-your-writes)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class StatusRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HelloRequest:
+    pass
+
+
+Request = WriteRequest | ReadRequest | StatusRequest | HelloRequest
+
+
+@dataclass(frozen=True, slots=True)
+class Response:
+    request_id: int
+    ok: bool
+    body: dict[str, Any]
+    """The result map if ``ok``, else the error map."""
+
+
+# -- requests ------------------------------------------------------------------------
+
+
+def _request_args(req: Request) -> tuple[str, dict[str, Any]]:
+    if isinstance(req, WriteRequest):
+        return "write", {"cmd": encode_command(req.cmd), "consistency": req.consistency,
+                         "client_id": req.client_id, "seq": req.seq}
+    if isinstance(req, ReadRequest):
+        r = req.range
+        return "range", {"key": r.key, "range_end": r.range_end, "limit": r.limit,
+                         "revision": r.revision, "keys_only": r.keys_only,
+                         "count_only": r.count_only, "consistency": req.consistency,
+                         "min_revision": req.min_revision}
+    if isinstance(req, StatusRequest):
+        return "status", {}
+    return "hello", {}
+
+
+def encode_request(request_id: int, req: Request) -> bytes:
+    """The msgpack payload of one request (frame it with ``encode_frame``)."""
+    op, args = _request_args(req)
+    return pack([request_id, op, args])
+
+
+def unpack_payload(data: bytes) -> object:
+    """The msgpack value in a request frame; InvalidArgument if it is not one."""
+    try:
+        return unpack(data)
+    except ValueError as err:
+        raise InvalidArgument(f"request is not valid msgpack: {err}") from None
+
+
+def _valid_id(value: object) -> bool:
+    return type(value) is int and 0 <= value <= MAX_INT64
+
+
+def request_id_of(obj: object) -> int | None:
+    """The request id of a decoded frame, if it has a usable one, so an error can be answered."""
+    if type(obj) is list and obj and _valid_id(obj[0]):
+        rid: int = obj[0]
+        return rid
+    return None
+
+
+def _parse_write(f: FieldReader) -> WriteRequest:
+    cmd = decode_command(f.binary("cmd"))
+    return WriteRequest(cmd=cmd, consistency=f.choice("consistency", WRITE_CONSISTENCY, "quorum"),
+                        client_id=f.integer("client_id", 0), seq=f.integer("seq", 0))
+
+
+def _parse_range(f: FieldReader) -> ReadRequest:
+    req = RangeRequest(key=f.binary("key"), range_end=f.optional_binary("range_end"),
+                       limit=f.integer("limit", 0), revision=f.integer("revision", 0),
+                       keys_only=f.boolean("keys_only", False),
+                       count_only=f.boolean("count_only", False))
+    check_range_request(req)  # empty key, range_end before key
+    return ReadRequest(range=req, consistency=f.choice("consistency", READ_CONSISTENCY, "quorum"),
+                       min_revision=f.integer("min_revision", 0))
+
+
+def parse_request(obj: object) -> tuple[int, Request]:
+    """``(request_id, request)`` from a decoded frame; InvalidArgument naming what is wrong."""
+    if type(obj) is not list or len(obj) != 3:
+        raise InvalidArgument("a request is an array [request_id, op, args]")
+    request_id, op, args = obj
+    if not _valid_id(request_id):
+        raise InvalidArgument(f"request_id must be an integer between 0 and {MAX_INT64}, "
+                              f"not {type_name(request_id)}")
+    if type(op) is not str:
+        raise InvalidArgument(f"op must be a string, not {type_name(op)}")
+    if op not in OPS:
+        raise InvalidArgument(f"unknown command {brief(op, 60)}")
+    f = FieldReader(args, f"{op} args", InvalidArgument)
+    req: Request
+    if op == "write":
+        req = _parse_write(f)
+    elif op == "range":
+        req = _parse_range(f)
+    elif op == "status":
+        req = StatusRequest()
+    else:
+        req = HelloRequest()
+    f.finish()
+    return request_id, req
+
+
+def decode_request(data: bytes) -> tuple[int, Request]:
+    return parse_request(unpack_payload(data))
+
+
+# -- responses -----------------------------------------------------------------------
+
+
+def encode_response(request_id: int, result: dict[str, Any]) -> bytes:
+    return pack([request_id, True, result])
+
+
+def encode_error_response(request_id: int, err: QuorumKVError) -> bytes:
+    try:
+        return pack([request_id, False, err.to_dict()])
+    except (TypeError, ValueError, OverflowError):
+        # The details held something msgpack cannot carry: the code and
+        # message still tell the client what happened.
+        return pack([request_id, False, {"code": err.code, "message": err.message,
+                                         "details": {}}])
+
+
+def decode_response(data: bytes) -> Response:
+    """One response frame; ProtocolError if the server sent something malformed."""
+    try:
+        obj = unpack(data)
+    except ValueError as err:
+        raise ProtocolError(f"response is not valid msgpack: {err}") from None
+    if type(obj) is not list or len(obj) != 3:
+        raise ProtocolError("a response is an array [request_id, ok, body]")
+    request_id, ok, body = obj
+    if not _valid_id(request_id) or type(ok) is not bool:
+        raise ProtocolError("a response starts with an integer request_id and a boolean ok")
+    if type(body) is not dict or not all(type(k) is str for k in body):
+        raise ProtocolError(f"a response body must be a map with string keys, "
+                            f"not {type_name(body)}")
+    return Response(request_id, ok, body)
+
+
+def error_from_wire(body: dict[str, Any]) -> QuorumKVError:
+    """The server's error, rebuilt as the same class with ``remote=True``."""
+    f = FieldReader(body, "error", ProtocolError)
+    code, message = f.string("code"), f.string("message")
+    details = f.mapping("details") if "details" in body else {}
+    try:
+        return errors.from_dict({"code": code, "message": message, "details": details})
+    except Exception as err:  # hostile details ("remote", "args", ...) break the rebuild
+        return ProtocolError(f"server sent an unusable {brief(code)} error ({message[:200]}): "
+                             f"{type(err).__name__}", remote=True)

@@ -1,0 +1,180 @@
+"""The kv result types as wire maps, and the response header (shapes in ``protocol.py``).
+
+The node builds a response with :func:`write_result`, :func:`durable_result`
+or :func:`range_result`; the client reads it back with
+:func:`write_result_from_wire` or :func:`range_result_from_wire`.
+Reading checks every field (ProtocolError: the server sent nonsense) but
+ignores fields it does not know, so a newer server can add some.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from quorumkv.client.fields import MAX_UINT64, FieldReader, brief
+from quorumkv.errors import ProtocolError
+from quorumkv.kv.results import (
+    Applied,
+    CompactResult,
+    DeleteResult,
+    KeyValue,
+    PutResult,
+    RangeResult,
+    Result,
+    TxnResponse,
+    TxnResult,
+)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Header:
+    """Which node answered and at what point of its history (as etcd's ResponseHeader)."""
+
+    revision: int
+    """The store's revision when the answer was made."""
+    raft_term: int
+    member: str
+    """The answering node's name."""
+    applied_index: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"revision": self.revision, "raft_term": self.raft_term, "member": self.member,
+                "applied_index": self.applied_index}
+
+    @classmethod
+    def from_wire(cls, obj: object) -> Header:
+        f = FieldReader(obj, "header", ProtocolError)
+        return cls(revision=f.integer("revision"),
+                   raft_term=f.integer("raft_term", high=MAX_UINT64), member=f.string("member"),
+                   applied_index=f.integer("applied_index", high=MAX_UINT64))
+
+
+def kv_to_wire(kv: KeyValue) -> dict[str, Any]:
+    return {"key": kv.key, "value": kv.value, "create_revision": kv.create_revision,
+            "mod_revision": kv.mod_revision, "version": kv.version, "lease": kv.lease,
+            "timestamp": kv.timestamp}
+
+
+def kv_from_wire(obj: object) -> KeyValue:
+    f = FieldReader(obj, "key-value", ProtocolError)
+    return KeyValue(key=f.binary("key"), value=f.binary("value"),
+                    create_revision=f.integer("create_revision"),
+                    mod_revision=f.integer("mod_revision"), version=f.integer("version"),
+                    lease=f.integer("lease", 0), timestamp=f.integer("timestamp", 0))
+
+
+def result_to_wire(result: Result | RangeResult) -> dict[str, Any]:
+    """The wire map of one kv result (a Txn's responses nest the same maps)."""
+    if isinstance(result, PutResult):
+        return {"type": "put", "revision": result.revision,
+                "prev_kv": None if result.prev_kv is None else kv_to_wire(result.prev_kv)}
+    if isinstance(result, DeleteResult):
+        return {"type": "delete", "revision": result.revision, "deleted": result.deleted,
+                "prev_kvs": [kv_to_wire(kv) for kv in result.prev_kvs]}
+    if isinstance(result, RangeResult):
+        return {"type": "range", "revision": result.revision, "count": result.count,
+                "more": result.more, "kvs": [kv_to_wire(kv) for kv in result.kvs]}
+    if isinstance(result, TxnResult):
+        return {"type": "txn", "revision": result.revision, "succeeded": result.succeeded,
+                "responses": [result_to_wire(r) for r in result.responses]}
+    if isinstance(result, CompactResult):
+        return {"type": "compact", "revision": result.revision,
+                "compact_revision": result.compact_revision}
+    raise TypeError(f"not a kv result: {type(result).__name__}")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Durable:
+    """A "one" write's answer: durable in the leader's log at ``index``, not yet applied.
+
+    Its revision and outcome are not known yet (and it may still be lost if
+    the leader fails before replicating it).
+    """
+
+    index: int
+
+
+HeaderLike = Header | Mapping[str, Any]
+
+
+def _header_map(header: HeaderLike) -> dict[str, Any]:
+    return header.to_wire() if isinstance(header, Header) else dict(header)
+
+
+def write_result(result: Result | Applied, header: HeaderLike) -> dict[str, Any]:
+    """What a node's ``write`` returns once the write is applied: its result plus the header."""
+    if isinstance(result, Applied):
+        if result.result is None:
+            raise TypeError(f"log entry {result.index} carried no command")
+        result = result.result
+    return {**result_to_wire(result), "header": _header_map(header)}
+
+
+def durable_result(index: int, header: HeaderLike) -> dict[str, Any]:
+    """What a node's ``write`` returns for consistency "one": the entry is in its log."""
+    return {"type": "durable", "index": index, "header": _header_map(header)}
+
+
+def range_result(result: RangeResult, header: HeaderLike) -> dict[str, Any]:
+    """What a node's ``range`` returns."""
+    return {**result_to_wire(result), "header": _header_map(header)}
+
+
+def _kvs(f: FieldReader, name: str) -> tuple[KeyValue, ...]:
+    return tuple(kv_from_wire(kv) for kv in f.array(name))
+
+
+def _txn_response(obj: object) -> TxnResponse:
+    result = result_from_wire(obj)
+    if not isinstance(result, (PutResult, DeleteResult, RangeResult)):
+        raise ProtocolError(f"a txn response cannot be a {type(result).__name__}")
+    return result
+
+
+def result_from_wire(obj: object) -> Result | RangeResult:
+    f = FieldReader(obj, "result", ProtocolError)
+    kind, revision = f.string("type"), f.integer("revision")
+    if kind == "put":
+        prev = f.raw("prev_kv")
+        return PutResult(revision=revision, prev_kv=None if prev is None else kv_from_wire(prev))
+    if kind == "delete":
+        return DeleteResult(revision=revision, deleted=f.integer("deleted"),
+                            prev_kvs=_kvs(f, "prev_kvs"))
+    if kind == "range":
+        return RangeResult(kvs=_kvs(f, "kvs"), count=f.integer("count"),
+                           more=f.boolean("more"), revision=revision)
+    if kind == "txn":
+        return TxnResult(succeeded=f.boolean("succeeded"), revision=revision,
+                         responses=tuple(_txn_response(r) for r in f.array("responses")))
+    if kind == "compact":
+        return CompactResult(revision=revision, compact_revision=f.integer("compact_revision"))
+    raise ProtocolError(f"unknown result type {brief(kind)}")
+
+
+def _with_header(obj: object) -> tuple[Result | RangeResult | Durable, Header]:
+    result: Result | RangeResult | Durable
+    if isinstance(obj, dict) and obj.get("type") == "durable":
+        result = Durable(index=FieldReader(obj, "result", ProtocolError).integer(
+            "index", high=MAX_UINT64))
+    else:
+        result = result_from_wire(obj)
+    assert isinstance(obj, dict)  # result_from_wire checked it
+    if "header" not in obj:
+        raise ProtocolError("result: missing field 'header'")
+    return result, Header.from_wire(obj["header"])
+
+
+def write_result_from_wire(obj: object) -> tuple[Result | Durable, Header]:
+    result, header = _with_header(obj)
+    if isinstance(result, RangeResult):
+        raise ProtocolError("a write cannot answer with a range result")
+    return result, header
+
+
+def range_result_from_wire(obj: object) -> tuple[RangeResult, Header]:
+    result, header = _with_header(obj)
+    if not isinstance(result, RangeResult):
+        raise ProtocolError(f"a range read cannot answer with a {type(result).__name__}")
+    return result, header

@@ -1,0 +1,1 @@
+"""The node process: drives the Raft core with asyncio, persists, sends, applies, serves clients."""

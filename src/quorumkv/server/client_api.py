@@ -1,0 +1,254 @@
+"""The client port: accepts client connections and serves the client protocol.
+
+The server knows nothing of Raft: it decodes and checks requests, hands them
+to a :class:`KVService` (the node implements it; tests use a fake), and
+writes back whatever the service answers or raises. The wire format is in
+:mod:`quorumkv.client.protocol`.
+
+Tasks. asyncio runs one handler task per connection. The handler owns a
+TaskGroup holding the connection's reader task and one task per request in
+flight, so a client may pipeline many requests, and each answer is written
+as soon as it is ready (completion order, matched by id). A request task
+never raises: every failure becomes an error response, so one bad request
+cannot take its connection, or its neighbours, down.
+
+Hostile input. A frame that is not msgpack, or whose request id cannot be
+recovered, closes the connection (nothing can be answered); a malformed
+request with a usable id gets an InvalidArgument answer and the connection
+goes on; a frame announced longer than ``max_frame`` closes the connection
+before its body is read. The listener and every other connection carry on.
+
+Shutdown. :meth:`ClientServer.close` stops accepting, stops reading new
+requests, waits for the requests in flight to be answered, then closes the
+connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from quorumkv.client.protocol import (
+    PROTOCOL_VERSION,
+    HelloRequest,
+    ReadRequest,
+    Request,
+    StatusRequest,
+    WriteRequest,
+    encode_error_response,
+    encode_response,
+    parse_request,
+    request_id_of,
+    unpack_payload,
+)
+from quorumkv.errors import InvalidArgument, KeyTooLarge, QuorumKVError
+from quorumkv.kv.commands import Command, RangeRequest
+from quorumkv.kv.validation import Limits, validate
+from quorumkv.transport.framing import FrameDecoder, FrameTooLarge, encode_frame
+
+log = logging.getLogger(__name__)
+
+_READ_CHUNK = 64 * 1024
+
+
+class KVService(Protocol):
+    """What the client port needs from a node. Every result map includes ``"header"``.
+
+    Build the maps with :func:`~quorumkv.client.protocol.write_result`,
+    :func:`~quorumkv.client.protocol.durable_result` and
+    :func:`~quorumkv.client.protocol.range_result`. Raise a QuorumKVError to
+    answer with an error (``NotLeader`` should carry ``leader_address``,
+    the leader's client "host:port", so clients can follow it).
+    """
+
+    async def write(self, cmd: Command, *, consistency: str, client_id: int,
+                    seq: int) -> dict[str, Any]: ...
+
+    async def range(self, req: RangeRequest, *, consistency: str,
+                    min_revision: int) -> dict[str, Any]: ...
+
+    async def status(self) -> dict[str, Any]: ...
+
+    def hello(self) -> dict[str, Any]: ...
+
+
+class _Connection:
+    """One client connection's state, shared by its reader and request tasks."""
+
+    __slots__ = ("done", "handler", "peer", "reader", "reader_task", "slots", "writer")
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                 max_inflight: int) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.peer = str(writer.get_extra_info("peername"))
+        self.slots = asyncio.Semaphore(max_inflight)
+        self.handler = asyncio.current_task()
+        self.reader_task: asyncio.Task[None] | None = None
+        self.done = asyncio.Event()
+
+    async def send(self, frame: bytes) -> None:
+        if self.writer.is_closing():
+            return  # closed for a protocol violation, or the client left: no one to tell
+        try:
+            self.writer.write(frame)
+            await self.writer.drain()  # backpressure: a client that stops reading stalls here
+        except OSError as err:
+            log.debug("client %s went away before its answer was sent: %s", self.peer, err)
+
+    def hang_up(self, reason: str) -> None:
+        log.warning("closing client connection %s: %s", self.peer, reason)
+        self.writer.close()
+
+
+class ClientServer:
+    def __init__(self, service: KVService, *, host: str, port: int, max_frame: int = 4 << 20,
+                 limits: Limits, max_inflight: int = 1024) -> None:
+        """``max_inflight`` bounds the requests one connection may have in flight;
+        beyond it the server stops reading that connection until some finish."""
+        self._service = service
+        self._host = host
+        self.port = port
+        """The port listened on; after :meth:`start`, the real one when 0 was asked."""
+        self._max_frame = max_frame
+        self._limits = limits
+        self._max_inflight = max_inflight
+        self._server: asyncio.Server | None = None
+        self._connections: set[_Connection] = set()
+        self._closing = False
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, self._host, self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+
+    async def close(self, *, grace: float | None = None) -> None:
+        """Stop accepting, answer what is in flight, then close every connection.
+
+        ``grace`` bounds the wait (seconds); requests still running then are
+        cancelled. None waits for them however long they take.
+        """
+        self._closing = True
+        if self._server is not None:
+            self._server.close()
+        connections = list(self._connections)
+        for conn in connections:
+            if conn.reader_task is not None:
+                conn.reader_task.cancel()  # stop reading; in-flight requests carry on
+        try:
+            async with asyncio.timeout(grace):
+                await asyncio.gather(*(conn.done.wait() for conn in connections))
+        except TimeoutError:
+            log.warning("client requests still running after %ss; cancelling them", grace)
+            for conn in connections:
+                if conn.handler is not None:
+                    conn.handler.cancel()
+            await asyncio.gather(*(conn.done.wait() for conn in connections))
+        if self._server is not None:
+            await self._server.wait_closed()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._closing:
+            writer.close()
+            return
+        conn = _Connection(reader, writer, self._max_inflight)
+        self._connections.add(conn)
+        try:
+            async with asyncio.TaskGroup() as tasks:
+                conn.reader_task = tasks.create_task(self._read_loop(conn, tasks))
+        finally:
+            self._connections.discard(conn)
+            writer.close()
+            conn.done.set()
+
+    async def _read_loop(self, conn: _Connection, tasks: asyncio.TaskGroup) -> None:
+        decoder = FrameDecoder(self._max_frame)
+        while True:
+            try:
+                data = await conn.reader.read(_READ_CHUNK)
+            except OSError:
+                return  # reset by the client: nothing more to read
+            if not data:
+                return  # the client closed its side; answers to what it sent still go out
+            try:
+                frames = decoder.feed(data)
+            except FrameTooLarge as err:
+                conn.hang_up(err.message)
+                return
+            for frame in frames:
+                if not await self._accept(conn, frame, tasks):
+                    return
+
+    async def _accept(self, conn: _Connection, frame: bytes, tasks: asyncio.TaskGroup) -> bool:
+        """Start serving one frame's request; False if the connection must close."""
+        try:
+            obj = unpack_payload(frame)
+        except InvalidArgument as err:
+            conn.hang_up(f"undecodable request ({err.message})")
+            return False
+        try:
+            request_id, req = parse_request(obj)
+        except Exception as err:
+            if not isinstance(err, InvalidArgument):
+                # A gap in the request checks, not the client's fault alone: log
+                # it in full, but answer it like any malformed request.
+                log.exception("unexpected failure decoding a request from %s", conn.peer)
+                err = InvalidArgument(f"malformed request: {type(err).__name__}")
+            bad_id = request_id_of(obj)
+            if bad_id is None:
+                conn.hang_up(f"malformed request without a usable id ({err.message})")
+                return False
+            await conn.send(encode_frame(encode_error_response(bad_id, err), self._max_frame))
+            return True
+        await conn.slots.acquire()
+        tasks.create_task(self._serve(conn, request_id, req))
+        return True
+
+    async def _serve(self, conn: _Connection, request_id: int, req: Request) -> None:
+        try:
+            try:
+                result = await self._execute(req)
+                frame = encode_frame(encode_response(request_id, result), self._max_frame)
+            except QuorumKVError as err:  # includes an answer too large for a frame
+                frame = self._error_frame(request_id, err)
+            except Exception as err:
+                log.exception("client request %d (%s) from %s failed", request_id,
+                              type(req).__name__, conn.peer)
+                frame = self._error_frame(
+                    request_id, QuorumKVError(f"internal error: {type(err).__name__}"))
+            await conn.send(frame)
+        finally:
+            conn.slots.release()
+
+    def _error_frame(self, request_id: int, err: QuorumKVError) -> bytes:
+        try:
+            return encode_frame(encode_error_response(request_id, err), self._max_frame)
+        except FrameTooLarge:  # a giant message; the code alone still says what happened
+            brief = QuorumKVError(f"{err.code}: error message too large to send")
+            return encode_frame(encode_error_response(request_id, brief), self._max_frame)
+
+    async def _execute(self, req: Request) -> dict[str, Any]:
+        result: object
+        if isinstance(req, WriteRequest):
+            validate(req.cmd, self._limits)  # sizes are checked here, once, before proposing
+            result = await self._service.write(req.cmd, consistency=req.consistency,
+                                               client_id=req.client_id, seq=req.seq)
+        elif isinstance(req, ReadRequest):
+            self._check_key_sizes(req.range)
+            result = await self._service.range(req.range, consistency=req.consistency,
+                                               min_revision=req.min_revision)
+        elif isinstance(req, StatusRequest):
+            result = await self._service.status()
+        else:
+            assert isinstance(req, HelloRequest)
+            # The protocol version is this module's to state, not the node's.
+            result = {**self._service.hello(), "protocol": PROTOCOL_VERSION}
+        if not isinstance(result, dict):
+            raise TypeError(f"the service answered {type(result).__name__}, not a map")
+        return result
+
+    def _check_key_sizes(self, req: RangeRequest) -> None:
+        limit = self._limits.max_key_size
+        for name, key in (("key", req.key), ("range_end", req.range_end)):
+            if key is not None and len(key) > limit:
+                raise KeyTooLarge(f"{name} of {len(key)} bytes exceeds the limit of {limit}")
