@@ -1,1 +1,1 @@
-"""Bytes on the wire: framing, the peer message codec, and (later) peer connections."""
+"""Bytes on the wire: framing, the peer message codec, peer connections and snapshot streams."""

@@ -1,0 +1,83 @@
+"""The ``quorumkv`` command line."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from quorumkv.errors import QuorumKVError
+from quorumkv.server.config import NodeConfig, load_toml, parse_address, parse_initial_cluster
+
+
+def _fail(err: QuorumKVError) -> None:
+    click.echo(f"error ({err.code}): {err.message}", err=True)
+    sys.exit(1)
+
+
+@click.group()
+@click.version_option(package_name="quorumkv")
+def main() -> None:
+    """quorumkv: a distributed key-value store replicated with Raft."""
+
+
+@main.command()
+@click.option("--name", help="This member's name (unique in the cluster).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Where this node keeps its data.")
+@click.option("--peer-listen", default=None, help="HOST:PORT for other members [127.0.0.1:7001].")
+@click.option("--client-listen", default=None, help="HOST:PORT for clients [127.0.0.1:7101].")
+@click.option("--initial-cluster", default=None,
+              help="Initial members: NAME=PEERHOST:PORT,... (this node included).")
+@click.option("--client-urls", default=None,
+              help="Client addresses of the members, NAME=HOST:PORT,... (for redirects).")
+@click.option("--cluster-token", default=None, help="Identifies the cluster [quorumkv].")
+@click.option("--tick-ms", type=int, default=None, help="Raft tick length [100].")
+@click.option("--election-ticks", type=int, default=None, help="Election timeout in ticks [10].")
+@click.option("--snapshot-threshold", type=int, default=None,
+              help="Entries after which the log is compacted [10000].")
+@click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True),
+              help="A TOML file with the same settings (flags override it).")
+@click.option("--log-level", default="info", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"]))
+def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
+          client_listen: str | None, initial_cluster: str | None, client_urls: str | None,
+          cluster_token: str | None, tick_ms: int | None, election_ticks: int | None,
+          snapshot_threshold: int | None, config_file: Path | None, log_level: str) -> None:
+    """Run a quorumkv node."""
+    from quorumkv.server.node import run_node
+
+    logging.basicConfig(level=getattr(logging, log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        settings: dict[str, Any] = load_toml(config_file) if config_file else {}
+        if name is not None:
+            settings["name"] = name
+        if data_dir is not None:
+            settings["data_dir"] = data_dir
+        if peer_listen is not None:
+            settings["peer_host"], settings["peer_port"] = parse_address(peer_listen)
+        if client_listen is not None:
+            settings["client_host"], settings["client_port"] = parse_address(client_listen)
+        if initial_cluster is not None:
+            settings["initial_cluster"] = parse_initial_cluster(initial_cluster)
+        if client_urls is not None:
+            settings["client_addresses"] = {
+                n: f"{h}:{p}" for n, (h, p) in parse_initial_cluster(client_urls).items()}
+        for key, value in (("cluster_token", cluster_token), ("tick_ms", tick_ms),
+                           ("election_ticks", election_ticks),
+                           ("snapshot_threshold", snapshot_threshold)):
+            if value is not None:
+                settings[key] = value
+        if "name" not in settings or "data_dir" not in settings:
+            raise click.UsageError("--name and --data-dir are required (flag or config file)")
+        config = NodeConfig(**settings)
+        run_node(config)
+    except QuorumKVError as e:
+        _fail(e)
+
+
+if __name__ == "__main__":
+    main()

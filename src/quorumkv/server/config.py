@@ -1,0 +1,110 @@
+"""A node's configuration: command-line flags, optionally a TOML file underneath them."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from quorumkv.errors import InvalidArgument
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+
+def node_id_for(name: str) -> int:
+    """A member's Raft id, derived from its name so every node computes the same one."""
+    digest = hashlib.sha256(b"quorumkv-member:" + name.encode()).digest()
+    return (int.from_bytes(digest[:8], "big") & ((1 << 63) - 1)) or 1
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise InvalidArgument(f"malformed address {text!r}: expected HOST:PORT")
+    return host.strip("[]"), int(port_text)
+
+
+def parse_initial_cluster(text: str) -> dict[str, tuple[str, int]]:
+    """``n1=127.0.0.1:7001,n2=127.0.0.1:7002`` -> {name: (host, port)}."""
+    members: dict[str, tuple[str, int]] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, addr = item.partition("=")
+        if not sep:
+            raise InvalidArgument(
+                f"malformed initial cluster member {item!r}: expected NAME=HOST:PORT")
+        check_name(name)
+        if name in members:
+            raise InvalidArgument(f"member {name!r} is listed twice in the initial cluster")
+        members[name] = parse_address(addr)
+    if len(set(members.values())) != len(members):
+        raise InvalidArgument("two initial members share one peer address")
+    return members
+
+
+def check_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise InvalidArgument(f"invalid member name {name!r}: letters, digits, '.', '_', '-'")
+    return name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeConfig:
+    name: str
+    data_dir: Path
+    peer_host: str = "127.0.0.1"
+    peer_port: int = 7001
+    client_host: str = "127.0.0.1"
+    client_port: int = 7101
+    initial_cluster: dict[str, tuple[str, int]] = field(default_factory=dict)
+    """Peer addresses of the initial members (this node included)."""
+    client_addresses: dict[str, str] = field(default_factory=dict)
+    """Client addresses of other members, for NotLeader redirects."""
+    cluster_token: str = "quorumkv"
+    tick_ms: int = 100
+    election_ticks: int = 10
+    heartbeat_ticks: int = 1
+    snapshot_threshold: int = 10_000
+    """Applied entries beyond the last snapshot that trigger a new one."""
+    max_request_bytes: int = 4 << 20
+    max_key_bytes: int = 4096
+    max_value_bytes: int = 1536 << 10
+    request_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        check_name(self.name)
+        if self.initial_cluster and self.name not in self.initial_cluster:
+            raise InvalidArgument(f"this node ({self.name}) is not in the initial cluster")
+        if self.election_ticks <= self.heartbeat_ticks:
+            raise InvalidArgument("the election timeout must be longer than the heartbeat")
+
+    @property
+    def node_id(self) -> int:
+        return node_id_for(self.name)
+
+    @property
+    def cluster_id(self) -> int:
+        names = ",".join(sorted(self.initial_cluster))
+        return node_id_for(f"{self.cluster_token}/{names}")
+
+    def with_overrides(self, **changes: Any) -> NodeConfig:
+        return replace(self, **changes)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a node's TOML file; keys are NodeConfig's field names."""
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise InvalidArgument(f"cannot read configuration {path}: {e}") from None
+    known = {f.name for f in fields(NodeConfig)}
+    unknown = sorted(set(raw) - known)
+    if unknown:
+        raise InvalidArgument(f"unknown settings in {path}: {', '.join(unknown)}")
+    if isinstance(raw.get("initial_cluster"), str):
+        raw["initial_cluster"] = parse_initial_cluster(raw["initial_cluster"])
+    if "data_dir" in raw:
+        raw["data_dir"] = Path(raw["data_dir"])
+    return raw

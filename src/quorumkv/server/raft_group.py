@@ -1,0 +1,404 @@
+"""RaftGroup: one Raft group hosted by this process, driven by one asyncio task.
+
+The task owns the RaftNode: nothing else calls it. Everything that wants
+the node's attention (peer messages, client proposals, read requests,
+finished snapshots) is queued and the task is woken; each wake-up steps all
+queued input, then handles Ready batches until none is left. Input that
+arrives while a Ready is being persisted waits for the next round, so
+proposals that arrive together share one fsync (group commit) and one
+append per follower.
+
+Disk work (the WAL's fsync, LMDB's commits, snapshot copies) runs in worker
+threads so the event loop keeps serving while the disk is busy. The leader
+sends its appends before its own write (thesis §10.2.1); its own entries
+count toward commit only after the write (``advance``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from quorumkv.errors import (
+    NotLeader,
+    ProposalDropped,
+    QuorumKVError,
+    Timeout,
+)
+from quorumkv.kv import Applied, KVStore, Payload, decode_command
+from quorumkv.raft.config import RaftConfig
+from quorumkv.raft.entries import ConfChange, EntryType, SnapshotMeta
+from quorumkv.raft.messages import InstallSnapshot, Message
+from quorumkv.raft.node import RaftNode
+from quorumkv.raft.ready import ReadState, Ready, Role
+from quorumkv.storage import SnapshotStore, WriteAheadLog
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _Proposal:
+    data: bytes
+    future: asyncio.Future[Applied | QuorumKVError]
+    durable_future: asyncio.Future[int] | None = None
+
+
+@dataclass(slots=True)
+class _Read:
+    context: bytes
+    future: asyncio.Future[int]
+
+
+@dataclass(slots=True)
+class _Waiter:
+    term: int
+    future: asyncio.Future[Applied | QuorumKVError]
+    durable_future: asyncio.Future[int] | None = None
+
+
+@dataclass(slots=True)
+class GroupStatus:
+    id: int
+    term: int
+    role: str
+    leader: int
+    commit: int
+    applied: int
+    last_index: int
+    snapshot_index: int
+    voters: list[int] = field(default_factory=list)
+    learners: list[int] = field(default_factory=list)
+    progress: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+
+class RaftGroup:
+    def __init__(self, *, node_id: int, group_id: int, raft_config: RaftConfig,
+                 wal: WriteAheadLog, kv: KVStore, snapshots: SnapshotStore,
+                 transport: Any, tick_seconds: float, snapshot_threshold: int,
+                 scratch_dir: Path) -> None:
+        self.node_id = node_id
+        self.group_id = group_id
+        self.wal = wal
+        self.kv = kv
+        self.snapshots = snapshots
+        self.transport = transport
+        self.tick_seconds = tick_seconds
+        self.snapshot_threshold = snapshot_threshold
+        self.scratch_dir = scratch_dir
+        rec = wal.recovered
+        applied = kv.applied_index
+        snap = rec.snapshot
+        if snap is not None and applied < snap.index:
+            raise QuorumKVError(
+                f"state machine at {applied} is behind the log's snapshot at {snap.index}; "
+                f"restore it from the snapshot first")
+        # The state machine only applies committed entries, so whatever it has
+        # applied is committed even if the hard state's commit lagged on disk.
+        hs = replace(rec.hard_state, commit=max(rec.hard_state.commit, applied))
+        self.raft = RaftNode(raft_config, random.Random(), hard_state=hs, snapshot=snap,
+                             entries=rec.entries, applied=applied)
+        self._inbox: list[Message] = []
+        self._proposals: list[_Proposal] = []
+        self._reads: list[_Read] = []
+        self._waiters: dict[int, _Waiter] = {}
+        self._read_waiters: dict[bytes, asyncio.Future[int]] = {}
+        self._ready_reads: list[tuple[int, asyncio.Future[int]]] = []
+        self._calls: list[Callable[[], None]] = []
+        self._applied_event = asyncio.Event()
+        self._wakeup = asyncio.Event()
+        self._read_seq = 0
+        self._snapshot_task: asyncio.Task[None] | None = None
+        # Known without touching the disk on the event loop when a follower needs it.
+        self._latest_snapshot: SnapshotMeta | None = snapshots.latest()
+        self._stopping = False
+        self.on_leader_change: Callable[[int], None] | None = None
+
+    # -- input from other tasks ------------------------------------------------------
+
+    def deliver(self, m: Message) -> None:
+        self._inbox.append(m)
+        self._wakeup.set()
+
+    def deliver_snapshot(self, m: InstallSnapshot) -> None:
+        """The transport assembled the image of ``m.snapshot`` in our snapshot store."""
+        self.deliver(m)
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` inside the owning task (it may touch the RaftNode)."""
+        self._calls.append(fn)
+        self._wakeup.set()
+
+    async def propose(self, data: bytes, *, durable_only: bool = False) -> Applied | int:
+        """Propose an entry. Returns once applied (or, ``durable_only``, once in the
+        leader's durable log: the ``one`` write level)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Applied | QuorumKVError] = loop.create_future()
+        durable: asyncio.Future[int] | None = loop.create_future() if durable_only else None
+        self._proposals.append(_Proposal(data=data, future=fut, durable_future=durable))
+        self._wakeup.set()
+        if durable is not None:
+            return await durable
+        outcome = await fut
+        if isinstance(outcome, QuorumKVError):
+            raise outcome
+        return outcome
+
+    async def read_index(self) -> int:
+        """A linearizable read point: wait for it to be confirmed and applied locally."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        self._read_seq += 1
+        ctx = self.node_id.to_bytes(8, "big") + self._read_seq.to_bytes(8, "big")
+        self._reads.append(_Read(context=ctx, future=fut))
+        self._wakeup.set()
+        return await fut
+
+    async def wait_applied(self, index: int) -> None:
+        while self.kv.applied_index < index:
+            self._applied_event.clear()
+            await self._applied_event.wait()
+
+    # -- the owning task -------------------------------------------------------------
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_tick = loop.time() + self.tick_seconds
+        while not self._stopping:
+            timeout = max(0.0, next_tick - loop.time())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), timeout)
+            self._wakeup.clear()
+            now = loop.time()
+            while now >= next_tick:
+                self.raft.tick()
+                next_tick += self.tick_seconds
+            self._step_inputs()
+            while self.raft.has_ready():
+                rd = self.raft.ready()
+                await self._handle(rd)
+                self.raft.advance(rd)
+                self._after_advance()
+
+    def stop(self) -> None:
+        self._stopping = True
+        self._wakeup.set()
+
+    def _step_inputs(self) -> None:
+        calls, self._calls = self._calls, []
+        for fn in calls:
+            fn()
+        inbox, self._inbox = self._inbox, []
+        for m in inbox:
+            self.raft.step(m)
+        for unreachable in self.transport.unreachable():
+            self.raft.report_unreachable(unreachable)
+        proposals, self._proposals = self._proposals, []
+        for p in proposals:
+            try:
+                term, index = self.raft.propose(p.data)
+            except QuorumKVError as e:
+                self._fail(p.future, p.durable_future, e)
+                continue
+            self._waiters[index] = _Waiter(term=term, future=p.future,
+                                           durable_future=p.durable_future)
+        reads, self._reads = self._reads, []
+        for r in reads:
+            self._read_waiters[r.context] = r.future
+            self.raft.read_index(r.context)
+
+    def _fail(self, fut: asyncio.Future[Applied | QuorumKVError],
+              durable: asyncio.Future[int] | None, err: QuorumKVError) -> None:
+        if not fut.done():
+            fut.set_result(err)
+        if durable is not None and not durable.done():
+            durable.set_exception(err)
+
+    async def _handle(self, rd: Ready) -> None:
+        if rd.soft_state is not None:
+            self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
+        for m in rd.messages:
+            self._send(m)
+        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+            await asyncio.to_thread(self._persist, rd)
+        for w_index in [e.index for e in rd.entries]:
+            w = self._waiters.get(w_index)
+            if w is not None and w.durable_future is not None and not w.durable_future.done():
+                w.durable_future.set_result(w_index)
+        for m in rd.persisted_messages:
+            self._send(m)
+        if rd.snapshot is not None:
+            await self._install_snapshot(rd.snapshot)
+        if rd.committed_entries:
+            await self._apply(rd)
+        for rs in rd.read_states:
+            self._release_read(rs)
+        for ctx in rd.dropped_reads:
+            fut = self._read_waiters.pop(ctx, None)
+            if fut is not None and not fut.done():
+                fut.set_exception(NotLeader("no leader could confirm the read",
+                                            leader=self.raft.leader or None))
+
+    def _persist(self, rd: Ready) -> None:
+        if rd.snapshot is not None:
+            self.wal.save_snapshot_marker(rd.snapshot)
+        if rd.entries:
+            self.wal.append(rd.entries)
+        if rd.hard_state is not None:
+            self.wal.save_hard_state(rd.hard_state)
+        if rd.must_sync or rd.snapshot is not None:
+            self.wal.sync()
+
+    async def _install_snapshot(self, meta: SnapshotMeta) -> None:
+        await asyncio.to_thread(self._restore, meta)
+        self._latest_snapshot = meta
+        for index in [i for i in self._waiters if i <= meta.index]:
+            w = self._waiters.pop(index)
+            self._fail(w.future, w.durable_future,
+                       Timeout("the outcome of this write is unknown: the node installed a "
+                               "snapshot over it"))
+        self._applied_event.set()
+
+    async def _apply(self, rd: Ready) -> None:
+        batch: list[tuple[int, int, Payload]] = []
+        conf = self.kv.conf_state
+        for e in rd.committed_entries:
+            if e.type is EntryType.CONF_CHANGE:
+                conf = ConfChange.decode(e.data).apply_to(conf)
+                batch.append((e.index, e.term, conf))
+            elif not e.data:
+                batch.append((e.index, e.term, None))
+            else:
+                try:
+                    batch.append((e.index, e.term, decode_command(e.data)))
+                except QuorumKVError:
+                    # Validated before proposing, so this is a bug or a foreign log:
+                    # record it as applied (all replicas agree) and say so.
+                    log.error("entry %d holds an undecodable command; skipped", e.index)
+                    batch.append((e.index, e.term, None))
+        outcomes = await asyncio.to_thread(self.kv.apply_batch, batch)
+        for e, outcome in zip(rd.committed_entries, outcomes, strict=True):
+            w = self._waiters.pop(e.index, None)
+            if w is None:
+                continue
+            if w.term != e.term:
+                self._fail(w.future, w.durable_future, ProposalDropped(
+                    "the proposal was overwritten by a new leader; it was not applied"))
+            elif isinstance(outcome, QuorumKVError):
+                if not w.future.done():
+                    w.future.set_result(outcome)
+            elif isinstance(outcome, Applied) and not w.future.done():
+                w.future.set_result(outcome)
+        self._applied_event.set()
+
+    def _release_read(self, rs: ReadState) -> None:
+        fut = self._read_waiters.pop(rs.context, None)
+        if fut is not None and not fut.done():
+            fut.set_result(rs.index)
+
+    def _after_advance(self) -> None:
+        raft = self.raft
+        if (self._snapshot_task is None
+                and raft.log.applied - raft.log.snapshot.index >= self.snapshot_threshold):
+            self._snapshot_task = asyncio.get_running_loop().create_task(self._take_snapshot())
+
+    def _on_soft_state(self, role: Role, leader: int) -> None:
+        if role is not Role.LEADER:
+            # Our pending proposals may still commit under the new leader, or not:
+            # leave them to be resolved by what gets applied at their index.
+            pass
+        if self.on_leader_change is not None:
+            self.on_leader_change(leader)
+
+    def _send(self, m: Message) -> None:
+        if isinstance(m, InstallSnapshot):
+            latest = self._latest_snapshot
+            if latest is None:
+                self.call_soon(lambda: self.raft.report_snapshot(m.dst, success=False))
+                return
+            if latest != m.snapshot:
+                m = replace(m, snapshot=latest)
+            dst = m.dst
+
+            def done(ok: bool) -> None:
+                self.call_soon(lambda: self.raft.report_snapshot(dst, success=ok))
+
+            self.transport.send_snapshot(m, done)
+            return
+        self.transport.send(m)
+
+    # -- snapshots ----------------------------------------------------------------------
+
+    async def _take_snapshot(self) -> None:
+        try:
+            meta = await asyncio.to_thread(self._write_snapshot)
+            self._latest_snapshot = meta
+            done = asyncio.get_running_loop().create_future()
+
+            def compact() -> None:
+                try:
+                    if meta.index > self.raft.log.snapshot.index:
+                        self.raft.compact(meta.index, meta.conf)
+                finally:
+                    done.set_result(None)
+
+            self.call_soon(compact)
+            await done
+            await asyncio.to_thread(self._release_log, meta)
+            log.info("snapshot at index %d (term %d) saved; log compacted", meta.index, meta.term)
+        except Exception:
+            log.exception("taking a snapshot failed; will retry later")
+        finally:
+            self._snapshot_task = None
+
+    def _restore(self, meta: SnapshotMeta) -> None:
+        tmp = Path(tempfile.mkdtemp(prefix="restore-", dir=self.scratch_dir))
+        try:
+            self.snapshots.open_reader(meta).copy_image_to(tmp / "data.mdb")
+            restored = self.kv.restore_from(tmp)
+            assert restored.index == meta.index, (restored, meta)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    def _write_snapshot(self) -> SnapshotMeta:
+        started = time.monotonic()
+        tmp = Path(tempfile.mkdtemp(prefix="snap-", dir=self.scratch_dir))
+        try:
+            meta = self.kv.snapshot_to(tmp)
+            self.snapshots.save_from_file(meta, tmp / "data.mdb")
+            self.snapshots.prune(keep=2)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        log.debug("snapshot written in %.3fs", time.monotonic() - started)
+        return meta
+
+    def _release_log(self, meta: SnapshotMeta) -> None:
+        self.wal.save_snapshot_marker(meta)
+        self.wal.sync()
+        self.wal.release_before(meta.index + 1)
+
+    async def close(self) -> None:
+        if self._snapshot_task is not None:
+            with contextlib.suppress(Exception):
+                await self._snapshot_task
+
+    # -- introspection ---------------------------------------------------------------------
+
+    def status(self) -> GroupStatus:
+        r = self.raft
+        progress = {}
+        for k, pr in r.progress.items():
+            progress[k] = {"match": pr.match, "next": pr.next, "state": pr.state.value}
+        return GroupStatus(id=r.id, term=r.term, role=r.role.value, leader=r.leader,
+                           commit=r.log.committed, applied=r.log.applied,
+                           last_index=r.log.last_index, snapshot_index=r.log.snapshot.index,
+                           voters=sorted(r.conf.voters), learners=sorted(r.conf.learners),
+                           progress=progress)

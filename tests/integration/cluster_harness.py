@@ -1,0 +1,141 @@
+"""Real quorumkv processes on 127.0.0.1 for integration tests, always cleaned up by pid."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from quorumkv.client import Client
+
+STARTUP_TIMEOUT = 60.0
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel just handed out on 127.0.0.1 (closed again, so a process can bind)."""
+    socks = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+@dataclass
+class NodeProcess:
+    name: str
+    data_dir: Path
+    peer_port: int
+    client_port: int
+    args: list[str]
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def client_address(self) -> str:
+        return f"127.0.0.1:{self.client_port}"
+
+    def start(self) -> None:
+        assert self.proc is None or self.proc.poll() is not None
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        log.close()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: the process gets no chance to flush anything."""
+        if self.running():
+            assert self.proc is not None
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def terminate(self, timeout: float = 30.0) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(timeout=30)
+        return self.proc.returncode
+
+
+@dataclass
+class Cluster:
+    nodes: list[NodeProcess] = field(default_factory=list)
+
+    @property
+    def endpoints(self) -> list[str]:
+        return [n.client_address for n in self.nodes]
+
+    def node(self, name: str) -> NodeProcess:
+        return next(n for n in self.nodes if n.name == name)
+
+    def client(self, **kw: object) -> Client:
+        return Client(self.endpoints, **kw)  # type: ignore[arg-type]
+
+    def leader_name(self, timeout: float = STARTUP_TIMEOUT) -> str:
+        """Wait until some running node reports a leader; return its name."""
+        deadline = time.monotonic() + timeout
+        last: Exception | None = None
+        while time.monotonic() < deadline:
+            for n in self.nodes:
+                if not n.running():
+                    continue
+                try:
+                    with Client([n.client_address], timeout=2.0) as c:
+                        st = c.status()
+                    if st.get("leader"):
+                        return str(st["leader"])
+                except Exception as e:  # not up yet
+                    last = e
+            time.sleep(0.1)
+        raise TimeoutError(f"no leader within {timeout}s (last error: {last!r}); logs: "
+                           + ", ".join(str(n.log_path) for n in self.nodes))
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.terminate()
+
+
+@contextlib.contextmanager
+def running_cluster(tmp_path: Path, size: int = 3, *, extra: list[str] | None = None,
+                    ) -> Iterator[Cluster]:
+    ports = free_ports(2 * size)
+    names = [f"n{i + 1}" for i in range(size)]
+    initial = ",".join(f"{n}=127.0.0.1:{ports[i]}" for i, n in enumerate(names))
+    clients = ",".join(f"{n}=127.0.0.1:{ports[size + i]}" for i, n in enumerate(names))
+    cluster = Cluster()
+    for i, name in enumerate(names):
+        args = [sys.executable, "-m", "quorumkv.cli", "serve", "--name", name,
+                "--data-dir", str(tmp_path / name),
+                "--peer-listen", f"127.0.0.1:{ports[i]}",
+                "--client-listen", f"127.0.0.1:{ports[size + i]}",
+                "--initial-cluster", initial, "--client-urls", clients,
+                "--tick-ms", "50", *(extra or [])]
+        cluster.nodes.append(NodeProcess(name=name, data_dir=tmp_path / name,
+                                         peer_port=ports[i], client_port=ports[size + i],
+                                         args=args, log_path=tmp_path / f"{name}.log"))
+    try:
+        for n in cluster.nodes:
+            n.start()
+        yield cluster
+    finally:
+        cluster.stop()

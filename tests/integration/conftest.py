@@ -1,0 +1,8 @@
+"""Integration tests import the process harness that lives beside them."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))

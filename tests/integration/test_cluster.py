@@ -1,0 +1,155 @@
+"""A real three-node cluster: separate `quorumkv serve` processes on 127.0.0.1.
+
+Every process is started by the test and stopped by its pid when the test
+ends, pass or fail (``running_cluster``). Waits are event waits with
+generous deadlines, never sleeps that hope.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from cluster_harness import Cluster, running_cluster
+
+from quorumkv.client import Client
+from quorumkv.errors import NotBuiltYet, QuorumKVError
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def _wait_until(predicate: object, timeout: float = 60.0, what: str = "condition") -> None:
+    assert callable(predicate)
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except QuorumKVError as e:
+            last = e
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
+
+
+def _local_value(cluster: Cluster, name: str, key: bytes) -> bytes | None:
+    """What one node's own state machine holds (a 'one' read served by that node alone)."""
+    with Client([cluster.node(name).client_address], timeout=5.0) as c:
+        kv = c.get(key, consistency="one")
+        return None if kv is None else kv.value
+
+
+def test_a_three_node_cluster_serves_every_operation(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as cluster:
+        cluster.leader_name()
+        with cluster.client(timeout=10.0) as c:
+            first = c.put(b"greeting", b"hello")
+            assert first.revision >= 1
+            kv = c.get(b"greeting")
+            assert kv is not None and kv.value == b"hello" and kv.version == 1
+            assert c.get(b"greeting", consistency="session") is not None
+            assert c.get(b"missing") is None
+            for i in range(5):
+                c.put(f"dir/{i}".encode(), str(i).encode())
+            scan = c.scan_prefix(b"dir/")
+            assert [kv.key for kv in scan.kvs] == [f"dir/{i}".encode() for i in range(5)]
+            assert c.range(b"dir/", b"dir0", count_only=True).count == 5
+            assert c.compare_and_swap(b"greeting", b"hello", b"bonjour") is True
+            assert c.compare_and_swap(b"greeting", b"hello", b"hola") is False
+            assert c.compare_and_swap(b"fresh", None, b"new") is True
+            old = c.get(b"greeting", revision=first.revision)
+            assert old is not None and old.value == b"hello"
+            deleted = c.delete(b"dir/", range_end=b"dir0")
+            assert deleted.deleted == 5
+            assert c.scan_prefix(b"dir/").kvs == ()
+            durable = c.put(b"fast", b"1", consistency="one")
+            assert durable is not None
+            with pytest.raises(NotBuiltYet):
+                c.put(b"everyone", b"1", consistency="all")
+            st = c.status()
+            assert st["leader"] in {"n1", "n2", "n3"}
+            assert len(st["members"]) == 3
+        # Every member applies the same history.
+        for name in ("n1", "n2", "n3"):
+            _wait_until(lambda name=name: _local_value(cluster, name, b"greeting") == b"bonjour",
+                        what=f"{name} to apply the writes")
+
+
+def test_killing_the_leader_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as cluster:
+        leader = cluster.leader_name()
+        acked: dict[bytes, bytes] = {}
+        with cluster.client(timeout=20.0) as c:
+            for i in range(30):
+                key, value = f"k{i}".encode(), f"v{i}".encode()
+                c.put(key, value)
+                acked[key] = value
+            cluster.node(leader).kill()
+            # The client finds the new leader through its redirect logic.
+            for i in range(30, 60):
+                key, value = f"k{i}".encode(), f"v{i}".encode()
+                c.put(key, value)
+                acked[key] = value
+            new_leader = cluster.leader_name()
+            assert new_leader != leader
+            for key, value in acked.items():
+                kv = c.get(key)
+                assert kv is not None and kv.value == value, key
+        # The killed node restarts from its data directory and catches up.
+        cluster.node(leader).start()
+        _wait_until(lambda: _local_value(cluster, leader, b"k59") == b"v59", timeout=90,
+                    what="the restarted node to catch up")
+        for key, value in acked.items():
+            assert _local_value(cluster, leader, key) == value
+
+
+def test_a_node_far_behind_catches_up_from_a_snapshot(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, extra=["--snapshot-threshold", "40"]) as cluster:
+        leader = cluster.leader_name()
+        follower = next(n.name for n in cluster.nodes if n.name != leader)
+        cluster.node(follower).kill()
+        with cluster.client(timeout=20.0) as c:
+            for i in range(200):
+                c.put(f"s{i:03d}".encode(), b"x" * 64)
+        snap_dir = cluster.node(leader).data_dir / "snap"
+        _wait_until(lambda: any(p.suffix == ".snap" for p in snap_dir.iterdir()),
+                    what="the leader to take a snapshot")
+        cluster.node(follower).start()
+        _wait_until(lambda: _local_value(cluster, follower, b"s199") == b"x" * 64, timeout=90,
+                    what="the follower to catch up")
+        assert any(p.suffix == ".snap" for p in (cluster.node(follower).data_dir / "snap").iterdir())
+
+
+def test_hostile_bytes_on_both_ports_leave_the_node_serving(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as cluster:
+        cluster.leader_name()
+        with cluster.client(timeout=10.0) as c:
+            c.put(b"before", b"1")
+        target = cluster.nodes[0]
+        payloads = [b"\xff" * 64, (1 << 31).to_bytes(4, "big") + b"x", b"\x00\x00\x00\x05\xc1\xc1",
+                    b"GET / HTTP/1.1\r\n\r\n"]
+        for port in (target.client_port, target.peer_port):
+            for payload in payloads:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.sendall(payload)
+                    s.settimeout(5)
+                    try:
+                        s.recv(1024)
+                    except (TimeoutError, ConnectionError):
+                        pass
+        assert target.running()
+        with cluster.client(timeout=10.0) as c:
+            c.put(b"after", b"2")
+            kv = c.get(b"before")
+            assert kv is not None and kv.value == b"1"
+
+
+def test_sigterm_stops_a_node_cleanly(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as cluster:
+        cluster.leader_name()
+        with cluster.client(timeout=10.0) as c:
+            c.put(b"k", b"v")
+        for node in cluster.nodes:
+            assert node.terminate() == 0, node.log_path.read_text()[-2000:]
