@@ -16,10 +16,13 @@ if TYPE_CHECKING:
 
 def tick_election(node: RaftNode) -> None:
     node.election_elapsed += 1
-    if node.election_elapsed >= node.randomized_election_timeout:
+    # A node that cannot campaign (a learner, or a voter that has not yet
+    # learned it was promoted) keeps counting, so that its leader lease
+    # lapses and it answers the votes of a candidate that does count it as a
+    # voter; resetting here would leave it ignoring votes half of the time.
+    if node.promotable() and node.election_elapsed >= node.randomized_election_timeout:
         node.election_elapsed = 0
-        if node.promotable():
-            campaign(node, transfer=False)
+        campaign(node, transfer=False)
 
 
 def _has_unapplied_conf_change(node: RaftNode) -> bool:

@@ -311,10 +311,9 @@ class RaftGroup:
             self._snapshot_task = asyncio.get_running_loop().create_task(self._take_snapshot())
 
     def _on_soft_state(self, role: Role, leader: int) -> None:
-        if role is not Role.LEADER:
-            # Our pending proposals may still commit under the new leader, or not:
-            # leave them to be resolved by what gets applied at their index.
-            pass
+        # A deposed leader's pending proposals may still commit under the new
+        # leader, or not: they are resolved by what gets applied at their
+        # index (or time out with an unknown outcome), never failed early.
         if self.on_leader_change is not None:
             self.on_leader_change(leader)
 
