@@ -73,3 +73,15 @@ def test_a_violation_reports_its_seed_and_replay_command() -> None:
     assert result.violation is not None and "election safety" in result.violation
     assert result.replay_command() == "python -m quorumkv.sim run --seed 0 --nodes 3 --verbose"
     assert any("VIOLATION" in line for line in result.timeline)
+
+
+@pytest.mark.parametrize(("seed", "nodes"), [(679, 3)])
+def test_seeds_that_once_failed_stay_fixed(seed: int, nodes: int) -> None:
+    """Regressions found by the soak, kept with what they found.
+
+    679/3: a learner promoted while cut off from the leader never learned of
+    its promotion, and reset its election timer as if it could campaign, so it
+    kept ignoring the one candidate that counted it as a voter.
+    """
+    result = run_simulation(SimOptions.from_seed(seed, nodes))
+    assert result.ok, _describe([result])
