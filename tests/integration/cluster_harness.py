@@ -64,10 +64,20 @@ class NodeProcess:
             os.kill(self.proc.pid, signal.SIGKILL)
             self.proc.wait(timeout=30)
 
+    def pause(self) -> None:
+        """SIGSTOP: the process is frozen mid-flight, its sockets stay open."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, signal.SIGCONT)
+
     def terminate(self, timeout: float = 30.0) -> int | None:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGCONT)  # a paused process cannot handle SIGTERM
             os.kill(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(timeout=timeout)

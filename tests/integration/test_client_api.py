@@ -104,8 +104,11 @@ class FakeKV:
             await self.after_write(cmd)
         return self._done[(client_id, seq)]
 
+    async def wait_applied(self, index: int) -> dict[str, Any]:
+        return {"header": self.header().to_wire()}
+
     async def range(self, req: RangeRequest, *, consistency: str,
-                    min_revision: int) -> dict[str, Any]:
+                    min_revision: int, min_index: int = 0) -> dict[str, Any]:
         self.range_calls.append((consistency, min_revision))
         if self.before_range is not None:
             await self.before_range(req)

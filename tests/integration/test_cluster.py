@@ -16,7 +16,7 @@ import pytest
 from cluster_harness import Cluster, running_cluster
 
 from quorumkv.client import Client
-from quorumkv.errors import NotBuiltYet, QuorumKVError
+from quorumkv.errors import QuorumKVError, ReplicaReadFailed, ReplicaWriteFailed, Timeout
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -67,8 +67,9 @@ def test_a_three_node_cluster_serves_every_operation(tmp_path: Path) -> None:
             assert c.scan_prefix(b"dir/").kvs == ()
             durable = c.put(b"fast", b"1", consistency="one")
             assert durable is not None
-            with pytest.raises(NotBuiltYet):
-                c.put(b"everyone", b"1", consistency="all")
+            c.put(b"everyone", b"1", consistency="all")
+            kv = c.get(b"everyone", consistency="all")
+            assert kv is not None and kv.value == b"1"
             st = c.status()
             assert st["leader"] in {"n1", "n2", "n3"}
             assert len(st["members"]) == 3
@@ -153,3 +154,47 @@ def test_sigterm_stops_a_node_cleanly(tmp_path: Path) -> None:
             c.put(b"k", b"v")
         for node in cluster.nodes:
             assert node.terminate() == 0, node.log_path.read_text()[-2000:]
+
+
+def test_consistency_levels_keep_their_promises_when_a_node_is_cut_off(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as cluster:
+        leader = cluster.leader_name()
+        follower, other = (n.name for n in cluster.nodes if n.name != leader)
+        with cluster.client(timeout=15.0) as c:
+            first = c.put(b"k", b"v1")
+            _wait_until(lambda: _local_value(cluster, follower, b"k") == b"v1",
+                        what="the follower to apply v1")
+            # The follower misses the next writes...
+            cluster.node(follower).kill()
+            second = c.put(b"k", b"v2")
+            assert second.revision > first.revision
+            # ...and an 'all' write cannot be confirmed by it: the error says the
+            # write is committed anyway, and a quorum read shows it.
+            with pytest.raises(ReplicaWriteFailed, match="IS committed"):
+                c.put(b"k", b"v3", consistency="all")
+            kv = c.get(b"k")
+            assert kv is not None and kv.value == b"v3"
+            with pytest.raises(ReplicaReadFailed):
+                c.get(b"k", consistency="all")
+        # Now it comes back cut off from everyone else (they are frozen).
+        cluster.node(leader).pause()
+        cluster.node(other).pause()
+        cluster.node(follower).start()
+        try:
+            with Client([cluster.node(follower).client_address], timeout=20.0) as lone:
+                # 'one' answers at once, from the follower's stale state, and says which
+                # revision it reflects.
+                stale = lone.get(b"k", consistency="one")
+                assert stale is not None and stale.value == b"v1"
+                assert lone.revision < second.revision
+                # 'quorum' cannot be served by a minority: a clear error within the timeout.
+            with Client([cluster.node(follower).client_address], timeout=3.0) as lone:
+                started = time.monotonic()
+                with pytest.raises((Timeout, QuorumKVError)):
+                    lone.get(b"k", consistency="quorum")
+                assert time.monotonic() - started < 30
+        finally:
+            cluster.node(leader).resume()
+            cluster.node(other).resume()
+        _wait_until(lambda: _local_value(cluster, follower, b"k") == b"v3", timeout=60,
+                    what="the follower to catch up")

@@ -18,6 +18,7 @@ from quorumkv.client.protocol import (
     ReadRequest,
     Request,
     StatusRequest,
+    WaitAppliedRequest,
     WriteRequest,
     decode_request,
     decode_response,
@@ -304,3 +305,12 @@ def test_random_result_maps_raise_only_protocol_error(obj: dict[str, Any]) -> No
     for decode in (write_result_from_wire, range_result_from_wire, result_from_wire):
         with contextlib.suppress(ProtocolError):
             decode(obj)
+
+
+def test_members_ask_each_other_to_wait_for_an_index() -> None:
+    assert decode_request(encode_request(7, WaitAppliedRequest(index=42))) == (
+        7, WaitAppliedRequest(index=42))
+    read = ReadRequest(range=RangeRequest(key=b"k"), consistency="one", min_index=9)
+    assert decode_request(encode_request(8, read)) == (8, read)
+    with pytest.raises(InvalidArgument):
+        decode_request(encode_request(9, WaitAppliedRequest(index=-1)))

@@ -20,7 +20,10 @@ Ops and their args (optional fields show their default)::
                "client_id": int = 0, "seq": int = 0}
     "range"   {"key": bin, "range_end": bin|nil = nil, "limit": int = 0, "revision": int = 0,
                "keys_only": bool = false, "count_only": bool = false,
-               "consistency": "one"|"session"|"quorum"|"all" = "quorum", "min_revision": int = 0}
+               "consistency": "one"|"session"|"quorum"|"all" = "quorum", "min_revision": int = 0,
+               "min_index": int = 0}     min_index: serve only once that log index is applied
+    "wait_applied" {"index": int}  -> {"header"} once the node has applied that log index
+              (members use it among themselves for the "all" levels)
     "status"  {}   -> a map the node fills (node, members, leader, header)
     "hello"   {}   -> the node's identity (name, id, cluster_id) and "protocol": int
 
@@ -112,7 +115,7 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 WRITE_CONSISTENCY: Final = ("one", "quorum", "all")
 READ_CONSISTENCY: Final = ("one", "session", "quorum", "all")
-OPS: Final = ("write", "range", "status", "hello")
+OPS: Final = ("write", "range", "status", "hello", "wait_applied")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -129,6 +132,8 @@ class ReadRequest:
     consistency: str = "quorum"
     min_revision: int = 0
     """For "session" reads: serve only once this revision is applied (read-your-writes)."""
+    min_index: int = 0
+    """Serve only once this log index is applied (how an "all" read reaches every voter)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -141,7 +146,12 @@ class HelloRequest:
     pass
 
 
-Request = WriteRequest | ReadRequest | StatusRequest | HelloRequest
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WaitAppliedRequest:
+    index: int
+
+
+Request = WriteRequest | ReadRequest | StatusRequest | HelloRequest | WaitAppliedRequest
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,9 +174,11 @@ def _request_args(req: Request) -> tuple[str, dict[str, Any]]:
         return "range", {"key": r.key, "range_end": r.range_end, "limit": r.limit,
                          "revision": r.revision, "keys_only": r.keys_only,
                          "count_only": r.count_only, "consistency": req.consistency,
-                         "min_revision": req.min_revision}
+                         "min_revision": req.min_revision, "min_index": req.min_index}
     if isinstance(req, StatusRequest):
         return "status", {}
+    if isinstance(req, WaitAppliedRequest):
+        return "wait_applied", {"index": req.index}
     return "hello", {}
 
 
@@ -209,7 +221,8 @@ def _parse_range(f: FieldReader) -> ReadRequest:
                        count_only=f.boolean("count_only", False))
     check_range_request(req)  # empty key, range_end before key
     return ReadRequest(range=req, consistency=f.choice("consistency", READ_CONSISTENCY, "quorum"),
-                       min_revision=f.integer("min_revision", 0))
+                       min_revision=f.integer("min_revision", 0),
+                       min_index=f.integer("min_index", 0))
 
 
 def parse_request(obj: object) -> tuple[int, Request]:
@@ -232,6 +245,8 @@ def parse_request(obj: object) -> tuple[int, Request]:
         req = _parse_range(f)
     elif op == "status":
         req = StatusRequest()
+    elif op == "wait_applied":
+        req = WaitAppliedRequest(index=f.integer("index"))
     else:
         req = HelloRequest()
     f.finish()

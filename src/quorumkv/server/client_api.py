@@ -35,6 +35,7 @@ from quorumkv.client.protocol import (
     ReadRequest,
     Request,
     StatusRequest,
+    WaitAppliedRequest,
     WriteRequest,
     encode_error_response,
     encode_response,
@@ -66,7 +67,9 @@ class KVService(Protocol):
                     seq: int) -> dict[str, Any]: ...
 
     async def range(self, req: RangeRequest, *, consistency: str,
-                    min_revision: int) -> dict[str, Any]: ...
+                    min_revision: int, min_index: int = 0) -> dict[str, Any]: ...
+
+    async def wait_applied(self, index: int) -> dict[str, Any]: ...
 
     async def status(self) -> dict[str, Any]: ...
 
@@ -236,7 +239,10 @@ class ClientServer:
         elif isinstance(req, ReadRequest):
             self._check_key_sizes(req.range)
             result = await self._service.range(req.range, consistency=req.consistency,
-                                               min_revision=req.min_revision)
+                                               min_revision=req.min_revision,
+                                               min_index=req.min_index)
+        elif isinstance(req, WaitAppliedRequest):
+            result = await self._service.wait_applied(req.index)
         elif isinstance(req, StatusRequest):
             result = await self._service.status()
         else:

@@ -27,9 +27,12 @@ from typing import Any
 
 from quorumkv.client import protocol
 from quorumkv.errors import (
+    InconsistentData,
     InvalidArgument,
-    NotBuiltYet,
     NotLeader,
+    QuorumKVError,
+    ReplicaReadFailed,
+    ReplicaWriteFailed,
     Timeout,
 )
 from quorumkv.kv import Applied, Command, KVStore, Limits, RangeRequest, encode_command
@@ -40,6 +43,7 @@ from quorumkv.server.client_api import ClientServer
 from quorumkv.server.config import NodeConfig, node_id_for
 from quorumkv.server.data_dir import DataDir
 from quorumkv.server.raft_group import RaftGroup
+from quorumkv.server.replicas import ReplicaClients
 from quorumkv.storage import SnapshotStore, WriteAheadLog
 from quorumkv.transport.peers import PeerTransport
 
@@ -70,6 +74,7 @@ class Node:
         self.client_server: Any = None
         self.wal: WriteAheadLog | None = None
         self.kv: KVStore | None = None
+        self.replicas = ReplicaClients(max_frame=config.max_request_bytes)
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -168,6 +173,7 @@ class Node:
             await self.transport.close()
         if self.wal is not None:
             await asyncio.to_thread(self.wal.close)
+        await self.replicas.close()
         if self.kv is not None:
             await asyncio.to_thread(self.kv.close)
         log.info("stopped")
@@ -202,8 +208,6 @@ class Node:
         assert self.group is not None
         if consistency not in WRITE_LEVELS:
             raise InvalidArgument(f"unknown write consistency {consistency!r}")
-        if consistency == "all":
-            raise NotBuiltYet("the 'all' write level is not built yet")
         if self.group.raft.leader != self.node_id:
             raise self._leader_error()
         data = encode_command(_stamp(cmd, time.time_ns()))
@@ -219,26 +223,96 @@ class Node:
             raise Timeout("the write was proposed but not confirmed in time: its outcome "
                           "is unknown") from None
         assert isinstance(outcome, Applied)
+        if consistency == "all":
+            await self._confirm_on_all(outcome)
         return protocol.write_result(outcome, self._header())
 
     async def range(self, req: RangeRequest, *, consistency: str,
-                    min_revision: int) -> dict[str, Any]:
+                    min_revision: int, min_index: int = 0) -> dict[str, Any]:
         assert self.group is not None and self.kv is not None
         if consistency not in READ_LEVELS:
             raise InvalidArgument(f"unknown read consistency {consistency!r}")
         timeout = self.config.request_timeout_s
+        if consistency == "all":
+            return await self._read_all(req)
         try:
+            if min_index:
+                await asyncio.wait_for(self.group.wait_applied(min_index), timeout)
             if consistency == "quorum":
                 index = await asyncio.wait_for(self.group.read_index(), timeout)
                 await asyncio.wait_for(self.group.wait_applied(index), timeout)
             elif consistency == "session":
                 await asyncio.wait_for(self._wait_revision(min_revision), timeout)
-            elif consistency == "all":
-                raise NotBuiltYet("the 'all' read level is not built yet")
         except TimeoutError:
             raise Timeout(f"a {consistency} read could not be served in time") from None
         result = await asyncio.to_thread(self.kv.range, req)
         return protocol.range_result(result, self._header())
+
+    def _other_voters(self) -> dict[str, str | None]:
+        """Every other voter's name and client address (None if unknown)."""
+        assert self.group is not None
+        out: dict[str, str | None] = {}
+        for member_id in self.group.raft.conf.voters:
+            if member_id == self.node_id:
+                continue
+            name = self.names.get(member_id, str(member_id))
+            out[name] = self.config.client_addresses.get(name)
+        return out
+
+    async def _read_all(self, req: RangeRequest) -> dict[str, Any]:
+        """Every voter answers at one read index and one revision; any difference is an alarm."""
+        assert self.group is not None and self.kv is not None
+        if self.group.raft.leader != self.node_id:
+            raise self._leader_error()
+        timeout = self.config.request_timeout_s
+        try:
+            index = await asyncio.wait_for(self.group.read_index(), timeout)
+            await asyncio.wait_for(self.group.wait_applied(index), timeout)
+        except TimeoutError:
+            raise Timeout("an 'all' read could not be confirmed in time") from None
+        # Pin the revision so replicas that applied later writes still answer
+        # for the same point in history.
+        pinned = replace(req, revision=req.revision or self.kv.revision)
+        mine = protocol.range_result(await asyncio.to_thread(self.kv.range, pinned),
+                                     self._header())
+        answers = await self.replicas.read(self._other_voters(), pinned, index, timeout)
+        failed = {n: a for n, a in answers.items() if isinstance(a, QuorumKVError)}
+        if failed:
+            raise ReplicaReadFailed(
+                "not every voter answered the 'all' read: " + "; ".join(
+                    f"{n}: {e.message}" for n, e in sorted(failed.items())),
+                members=sorted(failed))
+        def body(result: dict[str, Any]) -> tuple[Any, ...]:
+            return (result.get("kvs"), result.get("count"), result.get("more"))
+        differing = sorted(n for n, a in answers.items()
+                           if isinstance(a, dict) and body(a) != body(mine))
+        if differing:
+            raise InconsistentData(
+                f"replicas disagree at revision {pinned.revision}: {', '.join(differing)} "
+                f"answered differently from {self.config.name}", members=differing,
+                revision=pinned.revision)
+        return mine
+
+    async def wait_applied(self, index: int) -> dict[str, Any]:
+        assert self.group is not None
+        try:
+            await asyncio.wait_for(self.group.wait_applied(index),
+                                   self.config.request_timeout_s)
+        except TimeoutError:
+            raise Timeout(f"index {index} was not applied here in time") from None
+        return {"header": self._header()}
+
+    async def _confirm_on_all(self, outcome: Applied) -> None:
+        """An 'all' write: the entry is committed; wait until every voter has applied it."""
+        answers = await self.replicas.wait_applied(
+            self._other_voters(), outcome.index, self.config.request_timeout_s)
+        failed = {n: a for n, a in answers.items() if isinstance(a, QuorumKVError)}
+        if failed:
+            raise ReplicaWriteFailed(
+                f"the write IS committed (log index {outcome.index}) but not every voter "
+                f"confirmed applying it: " + "; ".join(
+                    f"{n}: {e.message}" for n, e in sorted(failed.items())),
+                index=outcome.index, members=sorted(failed))
 
     async def _wait_revision(self, revision: int) -> None:
         assert self.group is not None and self.kv is not None
