@@ -198,3 +198,29 @@ def test_consistency_levels_keep_their_promises_when_a_node_is_cut_off(tmp_path:
             cluster.node(other).resume()
         _wait_until(lambda: _local_value(cluster, follower, b"k") == b"v3", timeout=60,
                     what="the follower to catch up")
+
+
+def test_a_corrupt_log_stops_the_node_with_a_clear_error(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as cluster:
+        cluster.leader_name()
+        with cluster.client(timeout=15.0) as c:
+            for i in range(20):
+                c.put(f"c{i}".encode(), b"v" * 100)
+        victim = cluster.nodes[0]
+        assert victim.terminate() == 0
+        segment = sorted((victim.data_dir / "wal").glob("*.wal"))[0]
+        data = bytearray(segment.read_bytes())
+        # Damage a byte well inside the log, with intact records after it:
+        # that is corruption, never a torn tail to be cut away.
+        data[len(data) // 2] ^= 0xFF
+        segment.write_bytes(bytes(data))
+        victim.start()
+        assert victim.proc is not None
+        code = victim.proc.wait(timeout=60)
+        output = victim.log_path.read_text()
+        assert code == 1, output[-3000:]
+        assert "error (corrupt_log)" in output and segment.name in output
+        # The rest of the cluster keeps serving, with everything committed.
+        with Client([n.client_address for n in cluster.nodes[1:]], timeout=15.0) as c:
+            kv = c.get(b"c19")
+            assert kv is not None and kv.value == b"v" * 100
