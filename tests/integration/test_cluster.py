@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from cluster_harness import Cluster, running_cluster
 
-from quorumkv.client import Client
+from quorumkv.client import Client, RawClient
 from quorumkv.errors import QuorumKVError, ReplicaReadFailed, ReplicaWriteFailed, Timeout
 
 pytestmark = pytest.mark.timeout(300)
@@ -73,6 +73,16 @@ def test_a_three_node_cluster_serves_every_operation(tmp_path: Path) -> None:
             st = c.status()
             assert st["leader"] in {"n1", "n2", "n3"}
             assert len(st["members"]) == 3
+        with RawClient(cluster.endpoints, timeout=10.0) as raw:
+            raw.batch_put({b"raw/a": b"1", b"raw/b": b"2", b"raw/c": b"3"})
+            assert raw.batch_get([b"raw/a", b"raw/c", b"raw/zzz"]) == {
+                b"raw/a": b"1", b"raw/c": b"3"}
+            assert raw.scan(b"raw/", b"raw/c") == [(b"raw/a", b"1"), (b"raw/b", b"2")]
+            assert raw.compare_and_swap(b"raw/a", b"1", b"one") is True
+            assert raw.get(b"raw/a") == b"one"
+            raw.batch_delete([b"raw/a"])
+            assert raw.delete_range(b"raw/", b"raw0") == 2
+            assert raw.scan(b"raw/", b"raw0") == []
         # Every member applies the same history.
         for name in ("n1", "n2", "n3"):
             _wait_until(lambda name=name: _local_value(cluster, name, b"greeting") == b"bonjour",

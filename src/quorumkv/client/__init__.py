@@ -16,6 +16,7 @@ The wire protocol both clients speak is documented in :mod:`quorumkv.client.prot
 from quorumkv.client.async_client import AsyncClient
 from quorumkv.client.client import Client
 from quorumkv.client.protocol import Header
+from quorumkv.client.raw import RawClient
 from quorumkv.kv.commands import Compare, CompareOp, CompareTarget, DeleteRange, Put, RangeRequest
 from quorumkv.kv.keys import ALL_KEYS, prefix_end
 from quorumkv.kv.results import (
@@ -44,6 +45,7 @@ __all__ = [
     "PutResult",
     "RangeRequest",
     "RangeResult",
+    "RawClient",
     "TxnResponse",
     "TxnResult",
     "prefix_end",
