@@ -8,7 +8,7 @@ SEEDS ?= 20000
 SEED ?=
 NODES ?= 5
 
-.PHONY: test lint run sim replay clean
+.PHONY: test lint run sim-demo sim replay clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -23,9 +23,13 @@ lint: $(STAMP)
 	$(BIN)/ruff check src tests
 	$(BIN)/mypy --strict src
 
-# The product server does not exist yet: for now `make run` runs the
-# deterministic simulator on a faulty 5-node cluster and prints its timeline.
+# A local 3-node cluster of real `quorumkv serve` processes (client ports
+# 7101-7103, data under ./data, kept across restarts); Ctrl-C stops it.
 run: $(STAMP)
+	$(BIN)/python -m quorumkv.devcluster
+
+# The deterministic simulator on a faulty cluster, with a readable timeline.
+sim-demo: $(STAMP)
 	$(BIN)/python -m quorumkv.sim demo --nodes $(NODES) $(if $(SEED),--seed $(SEED),)
 
 # Long soak of the simulator: make sim SEEDS=20000

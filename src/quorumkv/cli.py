@@ -1,4 +1,9 @@
-"""The ``quorumkv`` command line."""
+"""The ``quorumkv`` command line.
+
+``serve`` runs a node. The client commands (put, get, del, scan, txn,
+status, member list, bench) live in ``cli_*.py`` beside this file and talk
+to a running cluster; see ``cli_common.py`` for the options they share.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,11 @@ from typing import Any
 
 import click
 
+from quorumkv.cli_bench import bench
+from quorumkv.cli_cluster import member, status
+from quorumkv.cli_common import ClientSettings, QuorumKVGroup, group_options, parse_endpoints
+from quorumkv.cli_kv import delete, get, put, scan
+from quorumkv.cli_txn import txn
 from quorumkv.errors import QuorumKVError
 from quorumkv.server.config import NodeConfig, load_toml, parse_address, parse_initial_cluster
 
@@ -18,10 +28,18 @@ def _fail(err: QuorumKVError) -> None:
     sys.exit(1)
 
 
-@click.group()
+@click.group(cls=QuorumKVGroup)
 @click.version_option(package_name="quorumkv")
-def main() -> None:
+@group_options
+@click.pass_context
+def main(ctx: click.Context, endpoints: str, timeout: float, json_output: bool) -> None:
     """quorumkv: a distributed key-value store replicated with Raft."""
+    ctx.obj = ClientSettings(endpoints=parse_endpoints(endpoints), timeout=timeout,
+                             json=json_output)
+
+
+for _command in (put, get, delete, scan, txn, status, member, bench):
+    main.add_command(_command)
 
 
 @main.command()

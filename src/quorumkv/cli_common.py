@@ -1,0 +1,131 @@
+"""What every client command of the command line shares: where the cluster is, output, errors.
+
+The connection options (``--endpoints``, ``--timeout``, ``--json``) are
+accepted both before the command (``quorumkv --json get k``) and after it
+(``quorumkv get k --json``), as etcdctl accepts its global flags anywhere.
+A value given after the command wins; otherwise the one before it, then
+``QUORUMKV_ENDPOINTS``, then the defaults of a local development cluster.
+
+Machine output (``--json``) is one JSON document on stdout. Keys and values
+are bytes; one that is valid UTF-8 appears as ``"key"``/``"value"``, any
+other as ``"key_base64"``/``"value_base64"``, so nothing is lost.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from quorumkv.client import Client, KeyValue
+from quorumkv.errors import InvalidArgument, QuorumKVError
+
+DEFAULT_ENDPOINTS = "127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103"
+ENDPOINTS_ENV = "QUORUMKV_ENDPOINTS"
+DEFAULT_TIMEOUT = 5.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientSettings:
+    endpoints: tuple[str, ...]
+    timeout: float
+    json: bool
+
+    def client(self, **kw: Any) -> Client:
+        return Client(self.endpoints, timeout=self.timeout, **kw)
+
+
+def parse_endpoints(text: str) -> tuple[str, ...]:
+    endpoints = tuple(p.strip() for p in text.split(",") if p.strip())
+    if not endpoints:
+        raise InvalidArgument("no endpoints given: expected HOST:PORT,...")
+    return endpoints
+
+
+class QuorumKVGroup(click.Group):
+    """A command group that turns quorumkv's own errors into one line and exit code 1.
+
+    Only errors of the one hierarchy are caught: anything else is a bug and
+    keeps its traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except QuorumKVError as err:
+            fail(err)
+
+
+def fail(err: QuorumKVError) -> None:
+    click.echo(f"error ({err.code}): {err.message}", err=True)
+    raise click.exceptions.Exit(1)
+
+
+def group_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The connection options on the top-level group, where the environment variable applies."""
+    f = click.option("--json", "json_output", is_flag=True,
+                     help="Machine-readable output (JSON).")(f)
+    f = click.option("--timeout", type=float, default=DEFAULT_TIMEOUT, show_default=True,
+                     help="Seconds for each request, retries included.")(f)
+    return click.option("--endpoints", envvar=ENDPOINTS_ENV, default=DEFAULT_ENDPOINTS,
+                        show_default=True, show_envvar=True,
+                        help="Client addresses of the cluster's members, HOST:PORT,...")(f)
+
+
+def client_command(f: Callable[..., None]) -> Callable[..., None]:
+    """Give a command the connection options and pass it the resolved ``settings``."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, endpoints: str | None, timeout: float | None, json_output: bool,
+                **kwargs: Any) -> None:
+        outer = click.get_current_context().find_object(ClientSettings)
+        if outer is None:  # the command was invoked on its own, not through the group
+            outer = ClientSettings(endpoints=parse_endpoints(DEFAULT_ENDPOINTS),
+                                   timeout=DEFAULT_TIMEOUT, json=False)
+        settings = ClientSettings(
+            endpoints=outer.endpoints if endpoints is None else parse_endpoints(endpoints),
+            timeout=outer.timeout if timeout is None else timeout,
+            json=outer.json or json_output)
+        f(*args, settings=settings, **kwargs)
+
+    # No envvar here: it would override an explicit --endpoints before the command.
+    wrapper = click.option("--json", "json_output", is_flag=True,
+                           help="Machine-readable output (JSON).")(wrapper)
+    wrapper = click.option("--timeout", type=float, default=None,
+                           help="Seconds for each request, retries included.")(wrapper)
+    return click.option("--endpoints", default=None,
+                        help=f"Cluster endpoints HOST:PORT,... [${ENDPOINTS_ENV}, else "
+                        "127.0.0.1:7101-7103].")(wrapper)
+
+
+# -- output ------------------------------------------------------------------------------
+
+
+def emit_json(doc: object) -> None:
+    click.echo(json.dumps(doc))
+
+
+def text(data: bytes) -> str:
+    """Bytes for a human: UTF-8, with anything else shown as escapes rather than lost."""
+    return data.decode("utf-8", errors="backslashreplace")
+
+
+def bytes_field(name: str, data: bytes) -> dict[str, str]:
+    try:
+        return {name: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
+
+
+def kv_json(kv: KeyValue, *, keys_only: bool = False) -> dict[str, Any]:
+    doc: dict[str, Any] = bytes_field("key", kv.key)
+    if not keys_only:
+        doc |= bytes_field("value", kv.value)
+    doc |= {"create_revision": kv.create_revision, "mod_revision": kv.mod_revision,
+            "version": kv.version, "lease": kv.lease, "timestamp": kv.timestamp}
+    return doc

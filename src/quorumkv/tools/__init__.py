@@ -1,0 +1,1 @@
+"""What the command line's client commands are built on: txn syntax, cluster view, bench."""

@@ -1,0 +1,41 @@
+"""Latency percentiles for the benchmark."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+PERCENTILES = (50.0, 90.0, 99.0, 99.9)
+
+
+def percentile(sorted_samples: Sequence[float], p: float) -> float:
+    """The nearest-rank percentile: a latency some request really had, never an interpolation."""
+    if not sorted_samples:
+        return 0.0
+    rank = max(1, math.ceil(p / 100.0 * len(sorted_samples)))
+    return sorted_samples[min(rank, len(sorted_samples)) - 1]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LatencySummary:
+    """Milliseconds."""
+
+    p50: float
+    p90: float
+    p99: float
+    p999: float
+    max: float
+    mean: float
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> LatencySummary:
+        ms = sorted(s * 1000.0 for s in seconds)
+        p50, p90, p99, p999 = (percentile(ms, p) for p in PERCENTILES)
+        return cls(p50=p50, p90=p90, p99=p99, p999=p999, max=ms[-1] if ms else 0.0,
+                   mean=sum(ms) / len(ms) if ms else 0.0)
+
+    def to_json(self) -> dict[str, float]:
+        return {"p50": round(self.p50, 3), "p90": round(self.p90, 3), "p99": round(self.p99, 3),
+                "p99.9": round(self.p999, 3), "max": round(self.max, 3),
+                "mean": round(self.mean, 3)}
