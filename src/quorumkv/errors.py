@@ -7,6 +7,7 @@ grouped by whose fault they are and what the caller may do about it::
     QuorumKVError
      ├── RequestError                the request itself is wrong; do not retry
      │    ├── InvalidArgument        wrong type, malformed field, unknown command
+     │    │    └── SeqTooOld          a retried write older than its client's window
      │    ├── KeyTooLarge
      │    ├── ValueTooLarge
      │    └── Compacted              asked for history older than compaction
@@ -62,6 +63,12 @@ class RequestError(QuorumKVError):
 
 class InvalidArgument(RequestError):
     code = "invalid_argument"
+
+
+class SeqTooOld(InvalidArgument):
+    """A retry of a write so old that its outcome is no longer recorded: it may have applied."""
+
+    code = "seq_too_old"
 
 
 class KeyTooLarge(RequestError):

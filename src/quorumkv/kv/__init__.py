@@ -3,11 +3,13 @@
 The public surface, by module:
 
 - ``commands``: :class:`Put`, :class:`DeleteRange`, :class:`Txn` (with
-  :class:`Compare`), :class:`Compact` and the read :class:`RangeRequest`;
+  :class:`Compare`), :class:`Compact` and the read :class:`RangeRequest`; a
+  client's numbered write is logged as a :class:`Session`;
 - ``codec``: :func:`encode_command` / :func:`decode_command`, the log format;
 - ``validation``: :func:`validate` with :class:`Limits`, run before proposing;
 - ``results``: :class:`KeyValue`, :class:`Event` and the results of each command;
 - ``store``: :class:`KVStore`, which applies committed entries and serves reads;
+- ``sessions``: the table that applies each Session once, sized by :class:`SessionPolicy`;
 - ``keys``: :func:`prefix_end` and :data:`ALL_KEYS` for ranges.
 """
 
@@ -21,8 +23,10 @@ from quorumkv.kv.commands import (
     DeleteRange,
     Put,
     RangeRequest,
+    Session,
     Txn,
     TxnOp,
+    Write,
 )
 from quorumkv.kv.keys import ALL_KEYS, prefix_end
 from quorumkv.kv.results import (
@@ -39,6 +43,7 @@ from quorumkv.kv.results import (
     TxnResponse,
     TxnResult,
 )
+from quorumkv.kv.sessions import SessionPolicy
 from quorumkv.kv.store import KVStore, Outcome, Payload
 from quorumkv.kv.validation import Limits, check_command, validate
 
@@ -66,10 +71,13 @@ __all__ = [
     "RangeRequest",
     "RangeResult",
     "Result",
+    "Session",
+    "SessionPolicy",
     "Txn",
     "TxnOp",
     "TxnResponse",
     "TxnResult",
+    "Write",
     "check_command",
     "decode_command",
     "encode_command",

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from quorumkv.errors import Compacted, InvalidArgument
 from quorumkv.kv.commands import (
-    Command,
     Compact,
     Compare,
     CompareOp,
@@ -24,6 +23,7 @@ from quorumkv.kv.commands import (
     RangeRequest,
     Txn,
     TxnOp,
+    Write,
 )
 from quorumkv.kv.history import History
 from quorumkv.kv.history import Txn as LmdbTxn
@@ -86,8 +86,10 @@ class Applier:
         """The store's revision as of the writes so far: one more than before if any."""
         return self._begin + 1 if self._sub else self._begin
 
-    def apply(self, cmd: Command) -> Result:
-        self._timestamp = cmd.timestamp
+    def apply(self, cmd: Write, *, timestamp: int) -> Result:
+        """Apply ``cmd``, stamping what it writes with ``timestamp`` (its own, or its
+        Session's)."""
+        self._timestamp = timestamp
         if isinstance(cmd, Put):
             return self._put(cmd)
         if isinstance(cmd, DeleteRange):

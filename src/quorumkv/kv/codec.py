@@ -7,6 +7,7 @@
     Txn          [3, [compare...], [op...], [op...], timestamp]
     Compact      [4, revision, timestamp]
     RangeRequest [5, key, range_end, limit, revision, keys_only, count_only]  (Txn op only)
+    Session      [6, client_id, seq, command, timestamp]   command: tag 1 to 4, timestamp 0
     compare      [key, range_end, target, op, value]
 
 Keys and values are msgpack binaries, never strings. The bytes come from the
@@ -18,6 +19,7 @@ commands get new tags; a field is never reinterpreted.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from quorumkv.errors import InvalidArgument
@@ -30,13 +32,14 @@ from quorumkv.kv.commands import (
     DeleteRange,
     Put,
     RangeRequest,
+    Session,
     Txn,
     TxnOp,
 )
 from quorumkv.kv.packing import pack, unpack
 from quorumkv.kv.validation import check_command
 
-_PUT, _DELETE, _TXN, _COMPACT, _RANGE = 1, 2, 3, 4, 5
+_PUT, _DELETE, _TXN, _COMPACT, _RANGE, _SESSION = 1, 2, 3, 4, 5, 6
 
 
 def _op_fields(op: Command | TxnOp) -> list[Any]:
@@ -54,11 +57,25 @@ def _op_fields(op: Command | TxnOp) -> list[Any]:
                 op.timestamp]
     if isinstance(op, Compact):
         return [_COMPACT, op.revision, op.timestamp]
+    if isinstance(op, Session):
+        return [_SESSION, op.client_id, op.seq, _op_fields(op.command), op.timestamp]
     raise InvalidArgument(f"not a command: {type(op).__name__}")
 
 
-def encode_command(cmd: Command) -> bytes:
-    """The bytes a log entry carries for ``cmd`` (which must be well formed)."""
+def encode_command(cmd: Command, *, client_id: int = 0, seq: int = 0) -> bytes:
+    """The bytes a log entry carries for ``cmd`` (which must be well formed).
+
+    With a ``client_id`` (not 0), the entry is the client's write number
+    ``seq``: ``cmd`` goes into a :class:`~quorumkv.kv.commands.Session`
+    (which takes over its timestamp), and the store applies it at most once
+    however often the client retries it (thesis §6.3). ``cmd`` must not be a
+    Session already.
+    """
+    if client_id != 0:
+        if isinstance(cmd, Session):
+            raise InvalidArgument("the command is already a session")
+        cmd = Session(client_id=client_id, seq=seq, command=replace(cmd, timestamp=0),
+                      timestamp=cmd.timestamp)
     check_command(cmd)
     return pack(_op_fields(cmd))
 
@@ -86,7 +103,7 @@ def _compare(obj: object) -> Compare:
     return Compare(key=key, range_end=range_end, target=target_enum, op=op_enum, value=value)
 
 
-def _decode(obj: object, *, top_level: bool) -> Command | TxnOp:
+def _decode(obj: object, *, top_level: bool, in_session: bool = False) -> Command | TxnOp:
     items = _list(obj, "command")
     if not items or type(items[0]) is not int:
         raise InvalidArgument("malformed command: missing tag")
@@ -110,6 +127,11 @@ def _decode(obj: object, *, top_level: bool) -> Command | TxnOp:
     if tag == _COMPACT and top_level:
         _, revision, timestamp = _fields(items, 3, "compact")
         return Compact(revision=revision, timestamp=timestamp)
+    if tag == _SESSION and top_level and not in_session:
+        _, client_id, seq, inner, timestamp = _fields(items, 5, "session")
+        command = _decode(inner, top_level=True, in_session=True)
+        assert isinstance(command, (Put, DeleteRange, Txn, Compact))
+        return Session(client_id=client_id, seq=seq, command=command, timestamp=timestamp)
     raise InvalidArgument(f"unknown command tag {tag}")
 
 
@@ -126,6 +148,6 @@ def decode_command(data: bytes) -> Command:
     except ValueError as err:
         raise InvalidArgument(f"malformed command: {err}") from err
     cmd = _decode(obj, top_level=True)
-    assert isinstance(cmd, (Put, DeleteRange, Txn, Compact))
+    assert isinstance(cmd, (Put, DeleteRange, Txn, Compact, Session))
     check_command(cmd)
     return cmd

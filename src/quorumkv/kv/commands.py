@@ -4,7 +4,9 @@ A command is what a client asks to change; the leader stamps it with its
 wall clock (``timestamp``, nanoseconds) when it proposes it, encodes it with
 :mod:`quorumkv.kv.codec` and appends it to the log. Every replica applies the
 same bytes and so reaches the same state: nothing in a command is read from
-the replica applying it.
+the replica applying it. A write that a client numbered (a client id and a
+sequence number) is logged inside a :class:`Session`, which the store applies
+at most once however often it is retried (thesis §6.3).
 
 Key ranges follow etcd: ``range_end`` None means the single key ``key``;
 ``range_end`` equal to :data:`~quorumkv.kv.keys.ALL_KEYS` (``b"\\0"``) means
@@ -126,5 +128,32 @@ class Compact:
     timestamp: int = 0
 
 
-Command = Put | DeleteRange | Txn | Compact
+Write = Put | DeleteRange | Txn | Compact
+"""A change a client asks for."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Session:
+    """A client's numbered write: the log entry of a write that must apply at most once.
+
+    A client that gets no answer (a timeout, a lost connection, a leader that
+    crashed) cannot know whether its write was applied, so it sends it again
+    with the same ``(client_id, seq)``. The state machine remembers the outcome
+    of each client's recent writes and answers a repeat from that record
+    instead of applying it twice (thesis §6.3); see ``sessions.py``.
+
+    The node wraps a client's command in a Session when the request carries a
+    client_id; clients never send one themselves.
+    """
+
+    client_id: int
+    """Chosen at random by the client, never 0 (0 on the wire means "no deduplication")."""
+    seq: int
+    """The client's number for this write, from 1; a retry reuses it."""
+    command: Write
+    """Leave its timestamp 0: the Session's applies (as for the ops of a :class:`Txn`)."""
+    timestamp: int = 0
+
+
+Command = Write | Session
 """What a normal log entry carries."""

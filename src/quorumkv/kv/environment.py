@@ -1,9 +1,10 @@
 """The LMDB environment under a store: how it is opened, checked, flushed, and its errors.
 
 A state machine directory is an LMDB environment (``data.mdb``, ``lock.mdb``)
-with two named sub-databases, ``kv`` (see ``history.py``) and ``meta`` (see
-``records.py``). Anything else in it is refused with DataDirError rather
-than guessed at.
+with three named sub-databases, ``kv`` (see ``history.py``), ``meta`` (see
+``records.py``) and ``sessions`` (see ``sessions.py``; format 1 stores lack
+it and are upgraded when opened). Anything else in it is refused with
+DataDirError rather than guessed at.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from quorumkv.kv.records import (
     CONF_KEY,
     FORMAT,
     FORMAT_KEY,
+    FORMAT_WITHOUT_SESSIONS,
     STATE_KEY,
     StoreState,
     decode_format,
@@ -32,7 +34,9 @@ from quorumkv.kv.records import (
 
 KV_DB = b"kv"
 META_DB = b"meta"
+SESSIONS_DB = b"sessions"
 DATA_FILE = "data.mdb"
+MAX_DBS = 3
 
 
 @contextmanager
@@ -83,7 +87,7 @@ def open_environment(path: Path, *, map_size: int, durable: bool,
         raise DataDirError(f"no state machine in {path}")
     try:
         return lmdb.open(str(path), map_size=map_size, subdir=True, create=create,
-                         max_dbs=2, sync=durable, metasync=False, writemap=False,
+                         max_dbs=MAX_DBS, sync=durable, metasync=False, writemap=False,
                          map_async=False)
     except lmdb.Error as err:
         raise DataDirError(f"cannot open the state machine in {path}: {err}") from err
@@ -96,7 +100,7 @@ def flush_copy(path: Path) -> None:
     asks LMDB: opening the copy and forcing a sync fdatasyncs its data file.
     """
     with lmdb_errors(f"flushing {path}"):
-        env = lmdb.open(str(path), subdir=True, create=False, max_dbs=2, lock=False)
+        env = lmdb.open(str(path), subdir=True, create=False, max_dbs=MAX_DBS, lock=False)
         try:
             env.sync(True)
         finally:
@@ -107,43 +111,74 @@ def flush_copy(path: Path) -> None:
 class Attached:
     kv_db: lmdb._Database
     meta_db: lmdb._Database
+    sessions_db: lmdb._Database
     state: StoreState
+
+
+_FORMAT_NAMES = {
+    FORMAT_WITHOUT_SESSIONS: {KV_DB, META_DB},
+    FORMAT: {KV_DB, META_DB, SESSIONS_DB},
+}
 
 
 def _check_names(txn: Txn, path: Path) -> bool:
     """Whether the environment is new; DataDirError if it is someone else's."""
     names = {name for name, _ in txn.cursor()}
-    if names and names != {KV_DB, META_DB}:
+    if names and names not in _FORMAT_NAMES.values():
         raise DataDirError(f"{path} holds an LMDB store that is not a quorumkv state machine")
     return not names
 
 
-def read_state(txn: Txn, meta_db: lmdb._Database, path: Path) -> StoreState:
-    fmt, state, conf = (txn.get(key, db=meta_db) for key in (FORMAT_KEY, STATE_KEY, CONF_KEY))
-    if fmt is None or state is None or conf is None:
+def _read_format(txn: Txn, meta_db: lmdb._Database, path: Path) -> int:
+    """The store's format: :data:`FORMAT`, or an older one this version upgrades."""
+    fmt = txn.get(FORMAT_KEY, db=meta_db)
+    if fmt is None:
         raise DataDirError(f"{path} is not a quorumkv state machine")
-    if decode_format(fmt) != FORMAT:
-        raise DataDirError(f"{path} has state machine format {decode_format(fmt)}; this "
-                           f"version reads format {FORMAT}")
-    return decode_state(state, conf)
+    number = decode_format(fmt)
+    if number not in _FORMAT_NAMES:
+        raise DataDirError(f"{path} has state machine format {number}; this version reads "
+                           f"formats {FORMAT_WITHOUT_SESSIONS} to {FORMAT}")
+    return number
+
+
+def _check_format(txn: Txn, meta_db: lmdb._Database, path: Path) -> int:
+    """The store's format, once its sub-databases are found to be that format's."""
+    fmt = _read_format(txn, meta_db, path)
+    if {name for name, _ in txn.cursor()} != _FORMAT_NAMES[fmt]:
+        raise DataDirError(f"{path} is not a quorumkv state machine of format {fmt}")
+    return fmt
+
+
+def read_state(txn: Txn, meta_db: lmdb._Database, path: Path) -> StoreState:
+    fmt = _read_format(txn, meta_db, path)
+    state, conf = (txn.get(key, db=meta_db) for key in (STATE_KEY, CONF_KEY))
+    if state is None or conf is None:
+        raise DataDirError(f"{path} is not a quorumkv state machine")
+    return decode_state(state, conf, fmt=fmt)
 
 
 def attach(env: lmdb.Environment, path: Path) -> Attached:
-    """Open the sub-databases, initialising a new environment; refuse foreign ones."""
+    """Open the sub-databases, initialising a new environment and upgrading a format 1
+    one; refuse foreign ones."""
     with lmdb_errors(f"opening {path}"), env.begin(write=True) as txn:
         new = _check_names(txn, path)
         try:
             kv_db = env.open_db(KV_DB, txn=txn)
             meta_db = env.open_db(META_DB, txn=txn)
+            if new:
+                fmt, state = FORMAT, StoreState()
+            else:
+                fmt, state = _check_format(txn, meta_db, path), read_state(txn, meta_db, path)
+            sessions_db = env.open_db(SESSIONS_DB, txn=txn)
         except lmdb.IncompatibleError as err:
             raise DataDirError(f"{path} is not a quorumkv state machine") from err
-        if not new:
-            return Attached(kv_db, meta_db, read_state(txn, meta_db, path))
-        state = StoreState()
-        txn.put(FORMAT_KEY, encode_format(), db=meta_db)
-        txn.put(STATE_KEY, encode_state(state), db=meta_db)
-        txn.put(CONF_KEY, encode_conf(state.conf_state), db=meta_db)
-        return Attached(kv_db, meta_db, state)
+        if new or fmt != FORMAT:
+            # A format 1 store just got its (empty) session table; these
+            # records, in the same transaction, make it format 2.
+            txn.put(FORMAT_KEY, encode_format(), db=meta_db)
+            txn.put(STATE_KEY, encode_state(state), db=meta_db)
+            txn.put(CONF_KEY, encode_conf(state.conf_state), db=meta_db)
+        return Attached(kv_db, meta_db, sessions_db, state)
 
 
 def copy_checked(source: Path, dest: Path) -> StoreState:
@@ -156,7 +191,7 @@ def copy_checked(source: Path, dest: Path) -> StoreState:
         raise DataDirError(f"no state machine in {source}")
     try:
         env = lmdb.open(str(source), subdir=True, create=False, readonly=True, lock=False,
-                        max_dbs=2)
+                        max_dbs=MAX_DBS)
     except lmdb.Error as err:
         raise DataDirError(f"cannot open the state machine in {source}: {err}") from err
     try:
@@ -167,6 +202,7 @@ def copy_checked(source: Path, dest: Path) -> StoreState:
                 meta_db = env.open_db(META_DB, txn=txn, create=False)
             except lmdb.Error as err:
                 raise DataDirError(f"{source} is not a quorumkv state machine") from err
+            _check_format(txn, meta_db, source)
             state = read_state(txn, meta_db, source)
             env.copy(str(dest), compact=True, txn=txn)
             return state

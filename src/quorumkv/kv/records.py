@@ -4,11 +4,17 @@ A version is ``[key, value, create_revision, mod_revision, version, lease,
 timestamp]`` in msgpack. The ``meta`` sub-database holds three records::
 
     b"format"  the on-disk format number, so a foreign or newer directory is refused
-    b"state"   [revision, compact_revision, applied_index, applied_term]
+    b"state"   [revision, compact_revision, applied_index, applied_term, clock]
     b"conf"    [sorted voter ids, sorted learner ids]
 
 ``state`` is rewritten in the same LMDB transaction as the data it
 describes, so the applied index and the data can never disagree on disk.
+
+Format 2 added the session table (``sessions.py``) and the clock; a format 1
+store (no ``sessions`` sub-database, a ``state`` of four fields) is upgraded
+in place when opened: its clock is 0 and its session table empty, which is
+what it would be had it been format 2 all along, since format 1 logs carry
+no sessions.
 """
 
 from __future__ import annotations
@@ -20,7 +26,8 @@ from quorumkv.kv.packing import pack, unpack
 from quorumkv.kv.results import KeyValue
 from quorumkv.raft.entries import ConfState
 
-FORMAT = 1
+FORMAT = 2
+FORMAT_WITHOUT_SESSIONS = 1
 
 FORMAT_KEY = b"format"
 STATE_KEY = b"state"
@@ -36,6 +43,10 @@ class StoreState:
     applied_index: int = 0
     applied_term: int = 0
     conf_state: ConfState = field(default_factory=ConfState)
+    clock: int = 0
+    """The latest leader timestamp (ns) applied, never going back: the state machine's
+    clock. Session expiry is measured against it, so every replica expires the same
+    sessions at the same entry without reading a clock of its own (thesis §6.3)."""
 
 
 def _ints(obj: object, arity: int | None, what: str) -> list[int]:
@@ -46,9 +57,26 @@ def _ints(obj: object, arity: int | None, what: str) -> list[int]:
     return obj
 
 
+def kv_fields(kv: KeyValue) -> list[object]:
+    """A version as a msgpack array (also how recorded results hold versions)."""
+    return [kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease,
+            kv.timestamp]
+
+
+def kv_from_fields(obj: object, what: str) -> KeyValue:
+    """The inverse of :func:`kv_fields`; StorageError naming the ``what`` record if malformed."""
+    if not isinstance(obj, list) or len(obj) != 7:
+        raise StorageError(f"corrupt {what} record in the state machine")
+    key, value = obj[0], obj[1]
+    create, mod, version, lease, timestamp = _ints(obj[2:], 5, what)
+    if type(key) is not bytes or type(value) is not bytes:
+        raise StorageError(f"corrupt {what} record in the state machine")
+    return KeyValue(key=key, value=value, create_revision=create, mod_revision=mod,
+                    version=version, lease=lease, timestamp=timestamp)
+
+
 def encode_kv(kv: KeyValue) -> bytes:
-    return pack([kv.key, kv.value, kv.create_revision, kv.mod_revision, kv.version, kv.lease,
-                 kv.timestamp])
+    return pack(kv_fields(kv))
 
 
 def decode_kv(data: bytes) -> KeyValue:
@@ -56,14 +84,7 @@ def decode_kv(data: bytes) -> KeyValue:
         obj = unpack(data)
     except ValueError as err:
         raise StorageError(f"corrupt version record in the state machine: {err}") from err
-    if not isinstance(obj, list) or len(obj) != 7:
-        raise StorageError("corrupt version record in the state machine")
-    key, value = obj[0], obj[1]
-    create, mod, version, lease, timestamp = _ints(obj[2:], 5, "version")
-    if type(key) is not bytes or type(value) is not bytes:
-        raise StorageError("corrupt version record in the state machine")
-    return KeyValue(key=key, value=value, create_revision=create, mod_revision=mod,
-                    version=version, lease=lease, timestamp=timestamp)
+    return kv_from_fields(obj, "version")
 
 
 def encode_format() -> bytes:
@@ -82,19 +103,25 @@ def decode_format(data: bytes) -> int:
 
 def encode_state(state: StoreState) -> bytes:
     return pack([state.revision, state.compact_revision, state.applied_index,
-                 state.applied_term])
+                 state.applied_term, state.clock])
 
 
 def encode_conf(conf: ConfState) -> bytes:
     return pack([sorted(conf.voters), sorted(conf.learners)])
 
 
-def decode_state(state_data: bytes, conf_data: bytes) -> StoreState:
+def decode_state(state_data: bytes, conf_data: bytes, *, fmt: int = FORMAT) -> StoreState:
+    """The state in records of format ``fmt`` (:data:`FORMAT`, or format 1 with no clock)."""
     try:
         state_obj, conf_obj = unpack(state_data), unpack(conf_data)
     except ValueError as err:
         raise StorageError(f"corrupt state record in the state machine: {err}") from err
-    revision, compact_revision, applied_index, applied_term = _ints(state_obj, 4, "state")
+    if fmt == FORMAT_WITHOUT_SESSIONS:
+        revision, compact_revision, applied_index, applied_term = _ints(state_obj, 4, "state")
+        clock = 0
+    else:
+        revision, compact_revision, applied_index, applied_term, clock = _ints(
+            state_obj, 5, "state")
     if not isinstance(conf_obj, list) or len(conf_obj) != 2:
         raise StorageError("corrupt conf record in the state machine")
     voters, learners = _ints(conf_obj[0], None, "conf"), _ints(conf_obj[1], None, "conf")
@@ -103,4 +130,5 @@ def decode_state(state_data: bytes, conf_data: bytes) -> StoreState:
     return StoreState(revision=revision, compact_revision=compact_revision,
                       applied_index=applied_index, applied_term=applied_term,
                       conf_state=ConfState(voters=frozenset(voters),
-                                           learners=frozenset(learners)))
+                                           learners=frozenset(learners)),
+                      clock=clock)

@@ -13,6 +13,11 @@ A command that fails (compacting the past, reading a compacted revision in
 a Txn) fails the same way on every replica: its entry still counts as
 applied, and the error is the entry's result.
 
+A client's numbered write comes as a Session and is applied at most once:
+the session table (``sessions.py``), updated in the same transaction, keeps
+the outcomes of each client's recent writes, and a repeat gets the recorded
+outcome back with nothing applied (thesis §6.3).
+
 The store may be read from other threads while one thread applies: every
 read runs in its own LMDB snapshot. Closing or restoring it while others
 use it is not safe. Its files and flags are described in ``environment.py``,
@@ -34,7 +39,7 @@ import lmdb
 
 from quorumkv.errors import DataDirError, RequestError, StorageError
 from quorumkv.kv.applier import Applier
-from quorumkv.kv.commands import Command, RangeRequest
+from quorumkv.kv.commands import Command, RangeRequest, Session, Write
 from quorumkv.kv.environment import (
     DATA_FILE,
     attach,
@@ -58,6 +63,7 @@ from quorumkv.kv.records import (
     encode_state,
 )
 from quorumkv.kv.results import AlreadyApplied, Applied, KeyValue, RangeResult
+from quorumkv.kv.sessions import SessionPolicy, SessionTable
 from quorumkv.kv.validation import check_command, check_range_request
 from quorumkv.raft.entries import ConfState, SnapshotMeta
 
@@ -67,7 +73,8 @@ DEFAULT_MAP_SIZE = 8 << 30
 TEMPORARY_MAP_SIZE = 1 << 30
 
 Payload: TypeAlias = Command | ConfState | None
-"""What a committed entry asks of the store: a command, a new membership, or nothing."""
+"""What a committed entry asks of the store: a command (perhaps a client's Session), a new
+membership, or nothing."""
 
 Outcome: TypeAlias = Applied | AlreadyApplied | RequestError
 
@@ -77,12 +84,14 @@ _RESTORE_STAGING = "restore.tmp"
 class KVStore:
     """The MVCC key-value state machine of one Raft group."""
 
-    def __init__(self, path: Path, *, map_size: int, durable: bool, temporary: bool) -> None:
+    def __init__(self, path: Path, *, map_size: int, durable: bool, temporary: bool,
+                 sessions: SessionPolicy) -> None:
         """Use :meth:`open` or :meth:`open_temporary`."""
         self._path = path
         self._map_size = map_size
         self._durable = durable
         self._temporary = temporary
+        self._policy = sessions
         self._env: lmdb.Environment | None = None
         self._attach(create=True)
 
@@ -97,24 +106,31 @@ class KVStore:
         self._env = env
         self._history = History(attached.kv_db)
         self._meta = attached.meta_db
+        self._sessions = SessionTable(attached.sessions_db, self._policy)
         self._state = attached.state
 
     # -- opening and closing ------------------------------------------------
 
     @classmethod
-    def open(cls, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE,
-             create: bool = True) -> KVStore:
-        """Open the store in directory ``path`` (a snapshot copy will do); create it if asked."""
+    def open(cls, path: str | Path, *, map_size: int = DEFAULT_MAP_SIZE, create: bool = True,
+             sessions: SessionPolicy | None = None) -> KVStore:
+        """Open the store in directory ``path`` (a snapshot copy will do); create it if asked.
+
+        ``sessions`` sets how much the session table remembers; every replica
+        of a group must use the same policy.
+        """
         path = Path(path)
         if not create and not (path / DATA_FILE).is_file():
             raise DataDirError(f"no state machine in {path}")
         # A restore interrupted by a crash leaves its staging copy behind;
         # the store is whichever data file was in place.
         shutil.rmtree(path / _RESTORE_STAGING, ignore_errors=True)
-        return cls(path, map_size=map_size, durable=True, temporary=False)
+        return cls(path, map_size=map_size, durable=True, temporary=False,
+                   sessions=sessions or SessionPolicy())
 
     @classmethod
-    def open_temporary(cls, *, map_size: int = TEMPORARY_MAP_SIZE) -> KVStore:
+    def open_temporary(cls, *, map_size: int = TEMPORARY_MAP_SIZE,
+                       sessions: SessionPolicy | None = None) -> KVStore:
         """A store in a fresh temporary directory, deleted on :meth:`close`.
 
         Same code and semantics as a real one, for simulations and tests;
@@ -122,7 +138,8 @@ class KVStore:
         """
         path = Path(tempfile.mkdtemp(prefix="quorumkv-kv-"))
         try:
-            return cls(path, map_size=map_size, durable=False, temporary=True)
+            return cls(path, map_size=map_size, durable=False, temporary=True,
+                       sessions=sessions or SessionPolicy())
         except BaseException:
             shutil.rmtree(path, ignore_errors=True)
             raise
@@ -176,6 +193,11 @@ class KVStore:
     def conf_state(self) -> ConfState:
         return self._state.conf_state
 
+    @property
+    def clock(self) -> int:
+        """The latest leader timestamp applied (ns): what session expiry is measured by."""
+        return self._state.clock
+
     # -- applying committed entries ----------------------------------------
 
     def apply(self, index: int, term: int, cmd: Command) -> Applied | AlreadyApplied:
@@ -207,9 +229,12 @@ class KVStore:
 
         Returns one outcome per entry: Applied, AlreadyApplied (index at or
         below the applied index), or the RequestError its command failed
-        with. An index that skips ahead of the applied index, or a term that
-        goes back, raises DataDirError and applies nothing: the state machine
-        would miss entries, so it and the log do not belong together.
+        with. A Session already applied returns the outcome recorded then
+        (an Applied at this entry's index with the first result and no
+        events, or the same error). An index that skips ahead of the applied
+        index, or a term that goes back, raises DataDirError and applies
+        nothing: the state machine would miss entries, so it and the log do
+        not belong together.
         """
         env = self._live_env()
         outcomes: list[Outcome] = []
@@ -226,6 +251,10 @@ class KVStore:
                     outcome, state = self._apply_one(txn, state, index, payload)
                     state = replace(state, applied_index=index, applied_term=term)
                     outcomes.append(outcome)
+                    if index % self._policy.sweep_interval == 0:
+                        # By index and log time only, so every replica drops the
+                        # same sessions at the same entry (see sessions.py).
+                        self._sessions.expire(txn, now=state.clock)
                 if state is self._state:
                     txn.abort()
                     return outcomes
@@ -245,17 +274,53 @@ class KVStore:
             return Applied(index=index), state
         if isinstance(payload, ConfState):
             return Applied(index=index, conf_state=payload), replace(state, conf_state=payload)
+        try:
+            check_command(payload)
+        except RequestError as err:
+            return err, state
+        # The log's time never goes back, whichever leader stamped it.
+        now = max(state.clock, payload.timestamp)
+        if isinstance(payload, Session):
+            return self._apply_session(txn, state, index, payload, now)
+        return self._apply_write(txn, state, index, payload, payload.timestamp, now)
+
+    def _apply_write(self, txn: Txn, state: StoreState, index: int, cmd: Write,
+                     timestamp: int, now: int) -> tuple[Applied | RequestError, StoreState]:
+        """Apply ``cmd`` stamped ``timestamp``, with the clock moving to ``now``."""
         applier = Applier(self._history, txn, revision=state.revision,
                           compact_revision=state.compact_revision)
         try:
-            check_command(payload)
-            result = applier.apply(payload)
+            result = applier.apply(cmd, timestamp=timestamp)
         except RequestError as err:
             # Raised before any write (see applier.py): nothing to undo.
-            return err, state
+            return err, replace(state, clock=now)
         return (Applied(index=index, result=result, events=tuple(applier.events)),
                 replace(state, revision=applier.revision,
-                        compact_revision=applier.compact_revision))
+                        compact_revision=applier.compact_revision, clock=now))
+
+    def _apply_session(self, txn: Txn, state: StoreState, index: int, session: Session,
+                       now: int) -> tuple[Applied | RequestError, StoreState]:
+        """Apply a client's write unless it was applied before (thesis §6.3)."""
+        table, client_id, seq = self._sessions, session.client_id, session.seq
+        try:
+            recorded = table.recorded(txn, client_id, seq)
+        except RequestError as err:  # too old to tell: applying it could apply it twice
+            table.note(txn, client_id, seq, now=now)
+            return err, replace(state, clock=now)
+        if recorded is not None:
+            table.note(txn, client_id, seq, now=now)
+            if isinstance(recorded, RequestError):
+                return recorded, replace(state, clock=now)
+            # The first attempt's result; no events, since nothing changed.
+            return Applied(index=index, result=recorded), replace(state, clock=now)
+        outcome, state = self._apply_write(txn, state, index, session.command,
+                                           session.timestamp, now)
+        if isinstance(outcome, Applied):
+            assert outcome.result is not None
+            table.note(txn, client_id, seq, now=now, outcome=outcome.result)
+        else:
+            table.note(txn, client_id, seq, now=now, outcome=outcome)
+        return outcome, state
 
     def sync(self) -> None:
         """Make everything applied so far durable.
@@ -290,8 +355,8 @@ class KVStore:
         return result.kvs[0] if result.kvs else None
 
     def digest(self) -> str:
-        """SHA-256 (hex) of the logical state: the revisions and every live key with its
-        metadata.
+        """SHA-256 (hex) of the logical state: the revisions, the clock, every live key
+        with its metadata, and the session table.
 
         Replicas that applied the same entries have the same digest however
         they got there (replay, restart, snapshot). The applied index and
@@ -301,11 +366,21 @@ class KVStore:
         with lmdb_errors("reading"), self._live_env().begin() as txn:
             state = read_state(txn, self._meta, self._path)
             digest.update(pack([b"quorumkv-kv", FORMAT, state.revision,
-                                state.compact_revision]))
+                                state.compact_revision, state.clock]))
+            # msgpack values delimit themselves, so the stream is unambiguous:
+            # versions are arrays of 7, the marker a binary, session records
+            # arrays of 2.
             for kv in self._history.scan(txn, SCAN_ALL_START, ALL_KEYS):
-                # msgpack values delimit themselves, so the stream is unambiguous.
                 digest.update(encode_kv(kv))
+            digest.update(pack(b"sessions"))
+            for key, value in self._sessions.items(txn):
+                digest.update(pack([key, value]))
         return digest.hexdigest()
+
+    def session_count(self) -> int:
+        """Client sessions held: what expiry bounds."""
+        with lmdb_errors("reading"), self._live_env().begin() as txn:
+            return self._sessions.clients(txn)
 
     def history_size(self) -> int:
         """Versions stored, tombstones included: what compaction shrinks."""

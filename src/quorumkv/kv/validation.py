@@ -24,6 +24,7 @@ from quorumkv.kv.commands import (
     DeleteRange,
     Put,
     RangeRequest,
+    Session,
     Txn,
     TxnOp,
 )
@@ -152,9 +153,25 @@ def _check_txn(txn: Txn) -> None:
     _check_int("timestamp", txn.timestamp)
 
 
+def _check_session(session: Session) -> None:
+    for what, value in (("client_id", session.client_id), ("seq", session.seq)):
+        _check_int(what, value)
+        if value == 0:
+            raise InvalidArgument(f"a session's {what} is at least 1")
+    _check_int("timestamp", session.timestamp)
+    if isinstance(session.command, Session):
+        raise InvalidArgument("a session cannot hold another session")
+    check_command(session.command)
+    if session.command.timestamp != 0:
+        raise InvalidArgument("a session's command takes the session's timestamp; "
+                              "leave its own 0")
+
+
 def check_command(cmd: Command) -> None:
     """Raise InvalidArgument unless ``cmd`` is well formed (sizes aside)."""
-    if isinstance(cmd, Put):
+    if isinstance(cmd, Session):
+        _check_session(cmd)
+    elif isinstance(cmd, Put):
         _check_put(cmd)
     elif isinstance(cmd, DeleteRange):
         _check_delete(cmd)
@@ -202,9 +219,14 @@ def _check_sizes(op: Command | TxnOp | Compare, limits: Limits) -> None:
 
 
 def validate(cmd: Command, limits: Limits | None = None) -> None:
-    """Everything a command must pass before it is proposed.
+    """Everything a client's command must pass before it is proposed.
 
-    Raises InvalidArgument, KeyTooLarge or ValueTooLarge.
+    Raises InvalidArgument, KeyTooLarge or ValueTooLarge. A Session is
+    refused: a client numbers its write with the request's client_id and seq,
+    and the node builds the Session itself.
     """
+    if isinstance(cmd, Session):
+        raise InvalidArgument("a write's session comes from the request's client_id and seq, "
+                              "not from its command")
     check_command(cmd)
     _check_sizes(cmd, limits or Limits())

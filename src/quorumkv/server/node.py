@@ -210,7 +210,10 @@ class Node:
             raise InvalidArgument(f"unknown write consistency {consistency!r}")
         if self.group.raft.leader != self.node_id:
             raise self._leader_error()
-        data = encode_command(_stamp(cmd, time.time_ns()))
+        # With a client_id the entry is a Session: the state machine answers a
+        # retry of (client_id, seq), even one sent to a later leader, with the
+        # first attempt's outcome instead of applying it again (thesis §6.3).
+        data = encode_command(_stamp(cmd, time.time_ns()), client_id=client_id, seq=seq)
         timeout = self.config.request_timeout_s
         try:
             if consistency == "one":
