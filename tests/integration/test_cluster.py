@@ -234,3 +234,24 @@ def test_a_corrupt_log_stops_the_node_with_a_clear_error(tmp_path: Path) -> None
         with Client([n.client_address for n in cluster.nodes[1:]], timeout=15.0) as c:
             kv = c.get(b"c19")
             assert kv is not None and kv.value == b"v" * 100
+
+
+def test_a_session_read_never_goes_back_in_time_for_its_client(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as cluster:
+        leader = cluster.leader_name()
+        follower = next(n.name for n in cluster.nodes if n.name != leader)
+        # The client knows only the leader and one follower, so when the leader
+        # dies it must read from that follower, which missed the latest write.
+        endpoints = [cluster.node(leader).client_address, cluster.node(follower).client_address]
+        with Client(endpoints, timeout=30.0, read_consistency="session") as c:
+            c.put(b"s", b"v1")
+            _wait_until(lambda: _local_value(cluster, follower, b"s") == b"v1",
+                        what="the follower to apply v1")
+            cluster.node(follower).pause()
+            latest = c.put(b"s", b"v2")
+            assert c.revision >= latest.revision
+            cluster.node(leader).kill()
+            cluster.node(follower).resume()
+            kv = c.get(b"s")
+            assert kv is not None and kv.value == b"v2"
+            assert kv.mod_revision == latest.revision
