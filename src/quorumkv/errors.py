@@ -16,6 +16,7 @@ grouped by whose fault they are and what the caller may do about it::
      │    ├── ProposalDropped        the proposal never entered the log
      │    ├── LeadershipTransferInProgress
      │    ├── Timeout                outcome unknown: the write may have happened
+     │    │    └── QuorumNotReached   a majority did not confirm in time
      │    └── NetworkError
      ├── ConsistencyError            the requested consistency could not be met
      │    ├── ReplicaReadFailed
@@ -110,6 +111,12 @@ class LeadershipTransferInProgress(UnavailableError):
 
 class Timeout(UnavailableError):
     code = "timeout"
+
+
+class QuorumNotReached(Timeout):
+    """The leader could not get a majority to confirm (a write's commit, a read's index)."""
+
+    code = "quorum_not_reached"
 
 
 class NetworkError(UnavailableError):

@@ -31,6 +31,7 @@ from quorumkv.errors import (
     InvalidArgument,
     NotLeader,
     QuorumKVError,
+    QuorumNotReached,
     ReplicaReadFailed,
     ReplicaWriteFailed,
     Timeout,
@@ -223,8 +224,10 @@ class Node:
                 return protocol.durable_result(index, self._header())
             outcome = await asyncio.wait_for(self.group.propose(data), timeout)
         except TimeoutError:
-            raise Timeout("the write was proposed but not confirmed in time: its outcome "
-                          "is unknown") from None
+            raise QuorumNotReached(
+                "the write was proposed but a majority did not confirm it in time: its "
+                "outcome is unknown (retrying with the same client id and seq is safe)",
+                outcome="unknown") from None
         assert isinstance(outcome, Applied)
         if consistency == "all":
             await self._confirm_on_all(outcome)
@@ -247,6 +250,9 @@ class Node:
             elif consistency == "session":
                 await asyncio.wait_for(self._wait_revision(min_revision), timeout)
         except TimeoutError:
+            if consistency == "quorum":
+                raise QuorumNotReached("a majority did not confirm the read index in time"
+                                       ) from None
             raise Timeout(f"a {consistency} read could not be served in time") from None
         result = await asyncio.to_thread(self.kv.range, req)
         return protocol.range_result(result, self._header())
