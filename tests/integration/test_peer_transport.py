@@ -33,6 +33,7 @@ from quorumkv.transport.peers import (
     PROTOCOL_VERSION,
     TAG_MESSAGE,
     TAG_SNAPSHOT_CHUNK,
+    TAG_SNAPSHOT_RESUME,
     PeerTransport,
     encode_handshake,
 )
@@ -385,6 +386,7 @@ HOSTILE: dict[str, bytes] = {
         TAG_MESSAGE, encode_message(InstallSnapshot(src=7, dst=2, term=1, snapshot=META))),
     "chunk outside a transfer": _handshake() + _tagged(
         TAG_SNAPSHOT_CHUNK, msgpack.packb([0, 4, 900, 0, b"x", True])),
+    "malformed resume": _handshake() + _tagged(TAG_SNAPSHOT_RESUME, msgpack.packb([0, 4, -1])),
     "silent": b"",
 }
 
@@ -412,9 +414,10 @@ def test_hostile_clients_are_disconnected_while_a_peer_keeps_working() -> None:
             await n2.wait_for(lambda: n2.seq_from(1) == [0])
             await asyncio.gather(*(_expect_disconnected(n2.t.port, p) for p in HOSTILE.values()))
             # A client that speaks the protocol stays connected; a message addressed to
-            # another node is only dropped.
+            # another node, or a resume for no transfer of ours, is only dropped.
             _, writer = await asyncio.open_connection(HOST, n2.t.port)
             writer.write(encode_handshake(CLUSTER, 7)
+                         + _tagged(TAG_SNAPSHOT_RESUME, msgpack.packb([0, 4, 900, 5]))
                          + _tagged(TAG_MESSAGE, encode_message(hb(7, 9, 0)))
                          + _tagged(TAG_MESSAGE, encode_message(hb(7, 2, 1))))
             await writer.drain()
@@ -435,14 +438,18 @@ def test_hostile_clients_are_disconnected_while_a_peer_keeps_working() -> None:
 
 
 @asynccontextmanager
-async def snapshot_pair(leader: SnapshotStore, follower: SnapshotStore,
+async def snapshot_pair(leader: SnapshotStore, follower: SnapshotStore, *, way_back: bool = True,
                         **kw: Any) -> AsyncIterator[tuple[Node, Node]]:
+    """Node 1 (the leader) with a link to node 2, and (``way_back``) the link back that
+    carries node 2's answers to snapshot begins."""
     n1 = Node(1, snapshot_store=leader, **kw)
     n2 = Node(2, snapshot_store=follower, **kw)
     try:
         for n in (n1, n2):
             await n.t.start()
         n1.t.set_peer(2, HOST, n2.t.port)
+        if way_back:
+            n2.t.set_peer(1, HOST, n1.t.port)
         yield n1, n2
     finally:
         await n1.t.close()
@@ -579,6 +586,81 @@ def test_a_snapshot_to_a_node_without_a_store_is_skipped_and_messages_still_flow
         finally:
             await n1.t.close()
             await n2.t.close()
+
+    run(body)
+
+
+def test_a_transfer_broken_midway_resumes_on_the_network(tmp_path: Path) -> None:
+    image = random.Random(9).randbytes(2 << 20)
+
+    async def body() -> None:
+        leader, follower = SnapshotStore(tmp_path / "n1"), SnapshotStore(tmp_path / "n2")
+        make_snapshot(leader, image)
+        size = leader.path_for(META).stat().st_size
+        relay = RawServer()  # stands between the nodes for the first attempt, then cuts
+        await relay.start()
+        # A generous wait for the answer: a missed one would resend the whole file.
+        async with snapshot_pair(leader, follower, snapshot_chunk_size=128 << 10,
+                                 backoff_max=0.3, snapshot_resume_wait=WAIT) as (n1, n2):
+            n1.t.set_peer(2, HOST, relay.port)
+            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            n1.t.send_snapshot(INSTALL, done.set_result)
+            reader, writer = await relay.accept()
+            _, upstream = await asyncio.open_connection(HOST, n2.t.port)
+            forwarded = 0
+            async with asyncio.timeout(WAIT):
+                while forwarded < 700 << 10:  # part of the stream, then the "crash"
+                    data = await reader.read((700 << 10) - forwarded)
+                    assert data
+                    upstream.write(data)
+                    await upstream.drain()
+                    forwarded += len(data)
+            upstream.close()
+            await upstream.wait_closed()
+            writer.close()
+            assert await asyncio.wait_for(done, WAIT) is False
+            partial = partial_path(follower, META)
+            # The follower has finished with the broken connection (its partial file is
+            # final) once it holds no inbound connection.
+            await wait_until(lambda: not n2.t._inbound and partial.exists())
+            held = partial.stat().st_size
+            assert 0 < held < size
+            n1.t.set_peer(2, HOST, n2.t.port)
+            before = n1.t.stats()[2].snapshot_bytes
+            assert await send_snapshot(n1, INSTALL) is True
+            await n2.wait_for(lambda: len(n2.snapshots) == 1)
+            assert n1.t.stats()[2].snapshot_bytes - before == size - held
+        assert image_of(follower) == image
+        await relay.close()
+
+    run(body)
+
+
+def test_a_snapshot_waits_briefly_for_an_answer_and_messages_keep_flowing(
+        tmp_path: Path) -> None:
+    image = random.Random(10).randbytes(300_000)
+
+    async def body() -> None:
+        leader, follower = SnapshotStore(tmp_path / "n1"), SnapshotStore(tmp_path / "n2")
+        make_snapshot(leader, image)
+        # The follower has no link back, so no answer comes: the leader waits, then
+        # streams the whole file; heartbeats are not held up by the wait.
+        async with snapshot_pair(leader, follower, way_back=False,
+                                 snapshot_resume_wait=3.0) as (n1, n2):
+            done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+            n1.t.send_snapshot(INSTALL, done.set_result)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            n1.t.send(hb(1, 2, 0))  # written with the begin
+            await n2.wait_for(lambda: n2.seq_from(1) == [0])
+            n1.t.send(hb(1, 2, 1))  # written during the wait
+            await n2.wait_for(lambda: n2.seq_from(1) == [0, 1])
+            assert loop.time() - started < 2.5
+            assert not done.done()
+            assert await asyncio.wait_for(done, WAIT) is True
+            await n2.wait_for(lambda: len(n2.snapshots) == 1)
+            assert n1.t.stats()[2].snapshot_bytes == leader.path_for(META).stat().st_size
+        assert image_of(follower) == image
 
     run(body)
 

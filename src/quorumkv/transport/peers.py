@@ -40,13 +40,22 @@ connection with a warning. Every later frame starts with a one-byte tag::
     0 MESSAGE         a Raft message (peer_codec), never an InstallSnapshot
     1 SNAPSHOT_BEGIN  an InstallSnapshot; its file follows in chunks
     2 SNAPSHOT_CHUNK  msgpack [group, term, index, offset, data, done]
+    3 SNAPSHOT_RESUME msgpack [group, term, index, offset]: the receiver of a
+                      SNAPSHOT_BEGIN tells its sender where to start streaming
 
-(snapshot_stream.py describes a transfer.) Any frame that is oversized,
-malformed, of an unknown tag, or whose message claims another sender than
-the handshake's, closes that connection with a warning; the listener keeps
-serving every other. A well-formed message addressed to another node id is
-dropped and counted (``misdirected``): after a membership change an address
-may serve a different node.
+(snapshot_stream.py describes a transfer.) SNAPSHOT_RESUME is an answer, so
+it travels like any reply: on the receiver's own outbound link to the
+snapshot's sender. The sender waits for it at most ``snapshot_resume_wait``
+seconds before streaming from 0, writing queued messages meanwhile; one that
+names no snapshot the link is waiting on is ignored. (A node without tag 3
+never answers, so its senders stream from 0 after the wait; it would close an
+answer's connection as an unknown tag, and the answering link reconnects.)
+
+Any frame that is oversized, malformed, of an unknown tag, or whose message
+claims another sender than the handshake's, closes that connection with a
+warning; the listener keeps serving every other. A well-formed message
+addressed to another node id is dropped and counted (``misdirected``): after
+a membership change an address may serve a different node.
 
 Tasks
 -----
@@ -79,6 +88,8 @@ from quorumkv.transport.snapshot_stream import (
     InboundSnapshots,
     OutboundSnapshot,
     decode_chunk,
+    decode_resume,
+    encode_resume,
 )
 
 log = logging.getLogger(__name__)
@@ -90,6 +101,7 @@ HANDSHAKE = struct.Struct(">8sHQQ")
 TAG_MESSAGE = 0
 TAG_SNAPSHOT_BEGIN = 1
 TAG_SNAPSHOT_CHUNK = 2
+TAG_SNAPSHOT_RESUME = 3
 
 DEFAULT_MAX_QUEUE = 4096
 _MAX_BATCH = 1 << 20
@@ -120,6 +132,8 @@ class PeerStats:
     """Messages dropped because the queue was full."""
     failures: int
     """Connection attempts that failed plus connections that broke."""
+    snapshot_bytes: int
+    """Bytes of snapshot files written to the connection (chunk data only)."""
 
 
 class _Backoff:
@@ -151,6 +165,7 @@ class _LinkConfig:
     backoff_initial: float
     backoff_max: float
     chunk_size: int
+    resume_wait: float
 
 
 class _PeerLink:
@@ -174,12 +189,12 @@ class _PeerLink:
         """The last attempt failed: further failures are logged quietly until one succeeds."""
         self.task: asyncio.Task[None] | None = None
         self.connected = False
-        self.sent = self.dropped = self.failures = 0
+        self.sent = self.dropped = self.failures = self.snapshot_bytes = 0
 
     def stats(self) -> PeerStats:
         return PeerStats(host=self.host, port=self.port, connected=self.connected,
                          queued=len(self._queue), sent=self.sent, dropped=self.dropped,
-                         failures=self.failures)
+                         failures=self.failures, snapshot_bytes=self.snapshot_bytes)
 
     # -- called by the transport (on the loop) --------------------------------------------
 
@@ -197,6 +212,18 @@ class _PeerLink:
 
     def enqueue_snapshot(self, job: OutboundSnapshot) -> None:
         self._snapshots.append(job)
+        self._wakeup.set()
+
+    def resume(self, group: int, term: int, index: int, offset: int) -> None:
+        """The peer's answer to a snapshot begin: stream from ``offset``. Ignored unless it
+        names the transfer waiting for that answer."""
+        job = self._streaming
+        if job is None or not job.awaiting_resume or (group, term, index) != (
+                job.message.group, job.message.snapshot.term, job.message.snapshot.index):
+            log.debug("ignoring an unexpected snapshot resume (term %d, index %d) from node %d",
+                      term, index, self.peer_id)
+            return
+        job.start(offset)
         self._wakeup.set()
 
     def set_address(self, host: str, port: int) -> None:
@@ -298,10 +325,26 @@ class _PeerLink:
                 async with asyncio.timeout(self._cfg.write_timeout):
                     await writer.drain()
                 self.sent += batch
-            if job is not None and job.sent_all:
-                self._streaming = None
-                job.finish(True)
-            if not (self._queue or self._snapshots or self._streaming):
+            if job is not None:
+                self.snapshot_bytes += job.last_chunk_bytes
+                if job.sent_all:
+                    self._streaming = None
+                    job.finish(True)
+            await self._idle()
+
+    async def _idle(self) -> None:
+        """Wait for something to write, or for the end of a wait for a resume answer."""
+        streaming = self._streaming
+        if streaming is None:
+            if self._queue or self._snapshots:
+                return
+            await self._wakeup.wait()
+            return
+        deadline = streaming.resume_deadline
+        if deadline is None or self._queue:
+            return  # chunks (or messages) to write
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout_at(deadline):
                 await self._wakeup.wait()
 
     def _take_batch(self, parts: list[bytes]) -> int:
@@ -327,11 +370,18 @@ class _PeerLink:
             if await self._streaming.open():
                 parts.append(_frame(TAG_SNAPSHOT_BEGIN, encode_message(self._streaming.message),
                                     self._cfg.max_frame))
+                # Chunks wait for the receiver's answer (resume()); messages do not.
+                self._streaming.resume_deadline = (asyncio.get_running_loop().time()
+                                                   + self._cfg.resume_wait)
             else:
                 self._streaming = None  # already reported
         job = self._streaming
         if job is None:
             return None
+        if job.resume_deadline is not None:
+            if asyncio.get_running_loop().time() < job.resume_deadline:
+                return None
+            job.start(0)  # no answer in time: the whole file, as before resuming existed
         try:
             body = await job.next_chunk()
         except StorageError as e:  # unreadable, or shrank under us: fails this transfer only
@@ -377,6 +427,7 @@ class PeerTransport:
                  connect_timeout: float = 5.0, write_timeout: float = 10.0,
                  handshake_timeout: float = 10.0,
                  backoff_initial: float = 0.05, backoff_max: float = 2.0,
+                 snapshot_resume_wait: float = 1.0,
                  max_inbound: int = 1024, rng: random.Random | None = None) -> None:
         if max_frame < 4 * CHUNK_OVERHEAD:
             raise ValueError(f"max_frame of {max_frame} bytes is too small")
@@ -397,7 +448,8 @@ class PeerTransport:
             node_id=node_id, cluster_id=cluster_id, max_frame=max_frame, max_queue=max_queue,
             connect_timeout=connect_timeout, write_timeout=write_timeout,
             backoff_initial=backoff_initial, backoff_max=backoff_max,
-            chunk_size=min(snapshot_chunk_size, max_frame - CHUNK_OVERHEAD))
+            chunk_size=min(snapshot_chunk_size, max_frame - CHUNK_OVERHEAD),
+            resume_wait=snapshot_resume_wait)
         self._rng = rng if rng is not None else random.Random()
         self._links: dict[int, _PeerLink] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -536,7 +588,8 @@ class PeerTransport:
                              writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         snapshots = InboundSnapshots(node_id=self.node_id, store=self._store,
-                                     on_snapshot=self._on_snapshot, busy=self._receiving)
+                                     on_snapshot=self._on_snapshot, busy=self._receiving,
+                                     answer=self._answer_begin)
         sender: int | None = None
         try:
             try:
@@ -600,6 +653,14 @@ class PeerTransport:
         if tag == TAG_SNAPSHOT_CHUNK:
             await snapshots.chunk(decode_chunk(body))
             return
+        if tag == TAG_SNAPSHOT_RESUME:
+            r = decode_resume(body)
+            link = self._links.get(sender)
+            if link is None:
+                log.debug("ignoring a snapshot resume from node %d: not a peer", sender)
+            else:
+                link.resume(r.group, r.term, r.index, r.offset)
+            return
         if tag not in (TAG_MESSAGE, TAG_SNAPSHOT_BEGIN):
             raise ProtocolError(f"unknown peer frame kind {tag}")
         m = decode_message(body)
@@ -621,6 +682,14 @@ class PeerTransport:
         except Exception:
             # A bug in the node's handler must not cut the connection to a healthy peer.
             log.exception("on_message failed for %s from node %d", type(m).__name__, m.src)
+
+    def _answer_begin(self, m: InstallSnapshot, offset: int) -> None:
+        """Tell the sender of a snapshot begin where to stream from (on our link to it)."""
+        link = self._links.get(m.src)
+        if link is None or self._closed:
+            return  # the sender streams from 0 once its wait ends
+        body = encode_resume(m.group, m.snapshot.term, m.snapshot.index, offset)
+        link.enqueue(_frame(TAG_SNAPSHOT_RESUME, body, self._max_frame))
 
     # -- tasks and shutdown --------------------------------------------------------------
 

@@ -6,6 +6,7 @@ owns the connection and the frame tags). One transfer is three kinds of
 frame, in this order on one connection::
 
     SNAPSHOT_BEGIN  the InstallSnapshot message (peer_codec): names the file
+    (the receiver's SNAPSHOT_RESUME answer, on its own connection: see Resuming)
     SNAPSHOT_CHUNK  msgpack [group, term, index, offset, data, done], repeated;
                     the bytes of the snapshot *file* (snapshot_file.py), so the
                     receiver checks it exactly as the sender's store does
@@ -18,14 +19,35 @@ file has been written, checksummed and renamed into its store
 (SnapshotReceiver): the core never sees metadata whose image is missing.
 
 Resuming. The receiver keeps the partial file of a broken transfer
-(SnapshotReceiver is resumable across restarts). Connections are
-one-directional, so the sender cannot learn where the receiver stopped; it
-always streams from offset 0, and the receiver skips the bytes it already
-holds durably instead of rewriting and re-fsyncing them. If the partial file
-came from a *different* file with the same term and index (another leader
-took the snapshot at the same point), the whole-file checksum on the done
-chunk fails, the partial file is discarded, and the next attempt starts
-clean: correctness never rests on the resume.
+(SnapshotReceiver is resumable across restarts), and the sender starts a
+retried transfer where the receiver stopped. Connections are
+one-directional, so the receiver answers a SNAPSHOT_BEGIN on *its own*
+outbound connection to the sender::
+
+    SNAPSHOT_RESUME msgpack [group, term, index, offset]: "I durably hold the
+                    first ``offset`` bytes of this file; start there"
+
+It answers every begin addressed to it: with the offset its partial file
+reached, the file's size if it already has the whole file, or 0 (no partial
+file, or a transfer it will discard). After writing the begin, the sender
+waits for the answer (at most ``resume_wait`` seconds; ordinary messages keep
+flowing meanwhile) and streams from the offset it names, or from 0 if none
+came in time (a receiver with no connection back to us, an older peer). The
+answer is advice only: an offset beyond the file's end is ignored, and the
+receiver still refuses a chunk that leaves a gap after the bytes it holds
+(ProtocolError, closing the connection, so the next attempt asks again);
+chunks it already holds are skipped, as they always were. An answer that
+names no snapshot the sender is waiting on (late, or from another peer) is
+ignored. A late answer to an earlier begin of the *same* snapshot may be taken
+for the current one; it names no more than the receiver held then, which it
+still holds unless it has discarded the partial file since: then the first
+chunk leaves a gap, the receiver closes the connection and the next attempt
+asks again.
+
+If the partial file came from a *different* file with the same term and index
+(another leader took the snapshot at the same point), the whole-file checksum
+on the done chunk fails, the partial file is discarded, and the next attempt
+starts clean: correctness never rests on the resume.
 
 ``on_done(True)`` means the whole stream was written to the socket, not that
 the follower installed it: as in Raft, the follower's next AppendResponse is
@@ -126,11 +148,44 @@ def decode_chunk(body: bytes) -> ChunkFrame:
     return ChunkFrame(group=group, term=term, index=index, offset=offset, data=data, done=done)
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResumeFrame:
+    """The receiver's answer to a begin: it durably holds ``offset`` bytes of the file."""
+
+    group: int
+    term: int
+    index: int
+    offset: int
+
+
+def encode_resume(group: int, term: int, index: int, offset: int) -> bytes:
+    return msgpack.packb([group, term, index, offset])  # type: ignore[no-any-return]
+
+
+def decode_resume(body: bytes) -> ResumeFrame:
+    """Decode a resume frame's body; ProtocolError for anything malformed."""
+    try:
+        obj = msgpack.unpackb(body, raw=False, strict_map_key=True, use_list=True)
+    except Exception as e:  # msgpack raises several unrelated types for bad input
+        raise ProtocolError(f"snapshot resume is not valid msgpack: {type(e).__name__}") from None
+    if type(obj) is not list or len(obj) != 4:
+        raise ProtocolError("snapshot resume must be [group, term, index, offset]")
+    for name, v in zip(("group", "term", "index", "offset"), obj, strict=True):
+        if type(v) is not int or not 0 <= v <= _MAX_U64:
+            raise ProtocolError(f"snapshot resume {name} must be an unsigned integer")
+    group, term, index, offset = obj
+    return ResumeFrame(group=group, term=term, index=index, offset=offset)
+
+
 # -- sending -----------------------------------------------------------------------------
 
 
 class OutboundSnapshot:
-    """One snapshot to stream to one peer: opens the file, reads chunks, reports once."""
+    """One snapshot to stream to one peer: opens the file, reads chunks, reports once.
+
+    ``open()``, then (the begin written) ``start(offset)`` once the receiver's
+    answer came or the wait for it ended, then ``next_chunk()`` until ``sent_all``.
+    """
 
     def __init__(self, message: InstallSnapshot, store: SnapshotStore,
                  on_done: Callable[[bool], None], chunk_size: int) -> None:
@@ -140,6 +195,10 @@ class OutboundSnapshot:
         self._chunk_size = chunk_size
         self._reader: SnapshotReader | None = None
         self._chunks: Iterator[SnapshotChunk] | None = None
+        self.resume_deadline: float | None = None
+        """While set (a loop time), the begin is out and the receiver's answer awaited."""
+        self.last_chunk_bytes = 0
+        """File bytes carried by the chunk ``next_chunk`` produced last."""
         self.sent_all = False
         """The done chunk has been produced; once it is written the transfer succeeded."""
         self._reported = False
@@ -163,16 +222,37 @@ class OutboundSnapshot:
                       self.message.dst, meta)
             self.finish(False)
             return False
-        self._chunks = self._reader.read_chunks(self._chunk_size)
-        log.info("streaming snapshot (term %d, index %d, %d bytes) to node %d", meta.term,
-                 meta.index, self._reader.size, self.message.dst)
         return True
+
+    @property
+    def awaiting_resume(self) -> bool:
+        return self.resume_deadline is not None
+
+    def start(self, offset: int) -> None:
+        """Stream from ``offset`` (the receiver's answer, or 0 without one)."""
+        assert self._reader is not None, "open() first"
+        meta = self.message.snapshot
+        size = self._reader.size
+        if offset > size:
+            log.warning("node %d asks to resume snapshot (term %d, index %d) at offset %d, "
+                        "past its end (%d bytes): sending it whole", self.message.dst,
+                        meta.term, meta.index, offset, size)
+            offset = 0
+        self.resume_deadline = None
+        self._chunks = self._reader.read_chunks(self._chunk_size, offset=offset)
+        if offset:
+            log.info("streaming snapshot (term %d, index %d, %d bytes) to node %d from "
+                     "offset %d", meta.term, meta.index, size, self.message.dst, offset)
+        else:
+            log.info("streaming snapshot (term %d, index %d, %d bytes) to node %d", meta.term,
+                     meta.index, size, self.message.dst)
 
     async def next_chunk(self) -> bytes:
         """The next chunk frame's body. Raises StorageError if the file cannot be read."""
-        assert self._chunks is not None, "open() first"
+        assert self._chunks is not None, "start() first"
         chunk = await in_thread(next, self._chunks)
         self.sent_all = chunk.done
+        self.last_chunk_bytes = len(chunk.data)
         meta = self.message.snapshot
         return encode_chunk(self.message.group, meta.term, meta.index, chunk)
 
@@ -204,12 +284,16 @@ class InboundSnapshots:
     ``busy`` is shared by all connections of a transport: two connections must
     never write the same partial file at once (a half-open old connection and
     its replacement could otherwise both be mid-transfer).
+    ``answer(begin, offset)`` sends the SNAPSHOT_RESUME answer to a begin back
+    to its sender (on our own outbound connection to it).
     """
 
     def __init__(self, *, node_id: int, store: SnapshotStore | None,
                  on_snapshot: Callable[[InstallSnapshot, Path], None] | None,
-                 busy: set[tuple[int, int, int]]) -> None:
+                 busy: set[tuple[int, int, int]],
+                 answer: Callable[[InstallSnapshot, int], None] | None = None) -> None:
         self._node_id = node_id
+        self._answer = answer
         self._store = store
         self._on_snapshot = on_snapshot
         self._busy = busy
@@ -220,6 +304,16 @@ class InboundSnapshots:
         """The current stream is being read past and ignored (refused or failed)."""
 
     async def begin(self, m: InstallSnapshot) -> None:
+        await self._begin(m)
+        if m.dst == self._node_id and self._answer is not None:
+            receiver = self._receiver
+            offset = receiver.offset if receiver is not None and not self._discarding else 0
+            try:
+                self._answer(m, offset)
+            except Exception:
+                log.exception("answering a snapshot begin from node %d failed", m.src)
+
+    async def _begin(self, m: InstallSnapshot) -> None:
         if self._receiver is not None and self._message is not None:
             log.info("snapshot transfer (term %d, index %d) from node %d abandoned by the "
                      "sender; its partial file is kept for a resume",
