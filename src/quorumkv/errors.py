@@ -32,6 +32,7 @@ grouped by whose fault they are and what the caller may do about it::
      │    ├── CorruptSnapshot        a damaged or foreign snapshot file
      │    └── DataDirError           missing, foreign or inconsistent data directory
      ├── ProtocolError               a peer or client sent bytes we cannot decode
+     │    └── MessageTooLarge        a frame above the size limit
      └── NotBuiltYet                 a documented capability that does not exist yet
 
 Errors raised locally and errors decoded from a remote peer are told apart by
@@ -189,6 +190,10 @@ class DataDirError(StorageError):
 
 class ProtocolError(QuorumKVError):
     code = "protocol_error"
+
+
+class MessageTooLarge(ProtocolError):
+    code = "message_too_large"
 
 
 class NotBuiltYet(QuorumKVError):

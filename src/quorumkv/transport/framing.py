@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import struct
 
-from quorumkv.errors import ProtocolError
+from quorumkv.errors import MessageTooLarge
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 16 << 20
 
 
-class FrameTooLarge(ProtocolError):
-    code = "message_too_large"
+# The wire's name for it; kept here because framing is where it is raised.
+FrameTooLarge = MessageTooLarge
 
 
 def encode_frame(payload: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
