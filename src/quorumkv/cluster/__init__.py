@@ -1,0 +1,1 @@
+"""Cluster membership: member records and workflows, and failure detection."""
