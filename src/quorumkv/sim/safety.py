@@ -21,6 +21,9 @@ class SafetyMonitor:
     def __init__(self) -> None:
         self.leaders: dict[int, int] = {}
         self.applied: dict[int, tuple[int, bytes]] = {}
+        self.committed_by: dict[int, int] = {}
+        """For each applied index, an upper bound on the term of the leader that
+        committed it: the highest term any leader had when it was first applied."""
         self._named: dict[tuple[int, int], bytes] = {}
         self.max_applied = 0
 
@@ -31,10 +34,14 @@ class SafetyMonitor:
             raise SafetyViolation(
                 f"election safety: nodes {prev} and {node_id} both lead term {term}")
         self.leaders[term] = node_id
-        # Leader Completeness: a leader holds every entry committed before its term.
+        # Leader Completeness: a leader holds every entry committed in an earlier
+        # term. An entry first applied while some leader of term >= ours existed
+        # may have been committed in a later term than ours (a stale candidate can
+        # still win an old term with delayed votes), so only entries known to be
+        # committed before our term are required.
         for index in range(log.snapshot.index + 1, self.max_applied + 1):
             record = self.applied.get(index)
-            if record is None:
+            if record is None or self.committed_by[index] >= term:
                 continue
             if log.term(index) != record[0]:
                 raise SafetyViolation(
@@ -59,6 +66,7 @@ class SafetyMonitor:
         known = self.applied.get(entry.index)
         if known is None:
             self.applied[entry.index] = record
+            self.committed_by[entry.index] = max(self.leaders, default=0)
             self.max_applied = max(self.max_applied, entry.index)
         elif known != record:
             raise SafetyViolation(
