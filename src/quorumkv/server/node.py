@@ -17,12 +17,9 @@ import asyncio
 import contextlib
 import importlib
 import logging
-import shutil
 import signal
-import tempfile
 import time
 from dataclasses import asdict, replace
-from pathlib import Path
 from typing import Any
 
 from quorumkv.client import protocol
@@ -45,6 +42,7 @@ from quorumkv.server.config import NodeConfig, node_id_for
 from quorumkv.server.data_dir import DataDir
 from quorumkv.server.raft_group import RaftGroup
 from quorumkv.server.replicas import ReplicaClients
+from quorumkv.server.state_machine_io import restore_snapshot
 from quorumkv.storage import SnapshotStore, WriteAheadLog
 from quorumkv.transport.peers import PeerTransport
 
@@ -91,12 +89,7 @@ class Node:
         if latest is not None and kv.applied_index < latest.index:
             log.info("state machine at %d is behind snapshot %d: restoring it",
                      kv.applied_index, latest.index)
-            tmp = Path(tempfile.mkdtemp(prefix="restore-", dir=self.data.scratch))
-            try:
-                snapshots.open_reader(latest).copy_image_to(tmp / "data.mdb")
-                kv.restore_from(tmp)
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
+            restore_snapshot(kv, snapshots, latest, self.data.scratch)
         if new or (wal.last_index == 0 and wal.recovered.snapshot is None
                    and wal.recovered.hard_state.term == 0):
             if not cfg.initial_cluster:

@@ -34,12 +34,13 @@ from quorumkv.errors import (
     QuorumKVError,
     Timeout,
 )
-from quorumkv.kv import Applied, KVStore, Payload, decode_command
+from quorumkv.kv import Applied, KVStore
 from quorumkv.raft.config import RaftConfig
-from quorumkv.raft.entries import ConfChange, EntryType, SnapshotMeta
+from quorumkv.raft.entries import SnapshotMeta
 from quorumkv.raft.messages import InstallSnapshot, Message
 from quorumkv.raft.node import RaftNode
 from quorumkv.raft.ready import ReadState, Ready, Role
+from quorumkv.server.state_machine_io import payloads, restore_snapshot
 from quorumkv.storage import SnapshotStore, WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -268,22 +269,7 @@ class RaftGroup:
         self._applied_event.set()
 
     async def _apply(self, rd: Ready) -> None:
-        batch: list[tuple[int, int, Payload]] = []
-        conf = self.kv.conf_state
-        for e in rd.committed_entries:
-            if e.type is EntryType.CONF_CHANGE:
-                conf = ConfChange.decode(e.data).apply_to(conf)
-                batch.append((e.index, e.term, conf))
-            elif not e.data:
-                batch.append((e.index, e.term, None))
-            else:
-                try:
-                    batch.append((e.index, e.term, decode_command(e.data)))
-                except QuorumKVError:
-                    # Validated before proposing, so this is a bug or a foreign log:
-                    # record it as applied (all replicas agree) and say so.
-                    log.error("entry %d holds an undecodable command; skipped", e.index)
-                    batch.append((e.index, e.term, None))
+        batch = payloads(rd.committed_entries, self.kv.conf_state)
         outcomes = await asyncio.to_thread(self.kv.apply_batch, batch)
         for e, outcome in zip(rd.committed_entries, outcomes, strict=True):
             w = self._waiters.pop(e.index, None)
@@ -359,13 +345,8 @@ class RaftGroup:
             self._snapshot_task = None
 
     def _restore(self, meta: SnapshotMeta) -> None:
-        tmp = Path(tempfile.mkdtemp(prefix="restore-", dir=self.scratch_dir))
-        try:
-            self.snapshots.open_reader(meta).copy_image_to(tmp / "data.mdb")
-            restored = self.kv.restore_from(tmp)
-            assert restored.index == meta.index, (restored, meta)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        restored = restore_snapshot(self.kv, self.snapshots, meta, self.scratch_dir)
+        assert restored.index == meta.index, (restored, meta)
 
     def _write_snapshot(self) -> SnapshotMeta:
         started = time.monotonic()

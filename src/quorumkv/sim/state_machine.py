@@ -19,15 +19,14 @@ from quorumkv.kv import (
     CompareOp,
     CompareTarget,
     KVStore,
-    Payload,
     Put,
     PutResult,
     Txn,
     TxnResult,
-    decode_command,
     encode_command,
 )
-from quorumkv.raft.entries import ConfChange, Entry, EntryType
+from quorumkv.raft.entries import Entry
+from quorumkv.server.state_machine_io import payloads
 
 DATA_FILE = "data.mdb"
 
@@ -58,16 +57,7 @@ class SimStateMachine:
 
     def apply(self, entries: Sequence[Entry]) -> list[bool | None]:
         """Apply committed entries in one LMDB transaction; each cas's outcome, or None."""
-        conf = self.store.conf_state
-        batch: list[tuple[int, int, Payload]] = []
-        for e in entries:
-            if e.type is EntryType.CONF_CHANGE:
-                conf = ConfChange.decode(e.data).apply_to(conf)
-                batch.append((e.index, e.term, conf))
-            elif not e.data:
-                batch.append((e.index, e.term, None))
-            else:
-                batch.append((e.index, e.term, decode_command(e.data)))
+        batch = payloads(entries, self.store.conf_state)
         results: list[bool | None] = []
         for outcome in self.store.apply_batch(batch):
             if isinstance(outcome, RequestError):
