@@ -51,6 +51,15 @@ from quorumkv.kv.environment import (
 )
 from quorumkv.kv.history import SCAN_ALL_START, History, Txn
 from quorumkv.kv.keys import ALL_KEYS
+from quorumkv.kv.members import (
+    MEMBER_PREFIX,
+    MemberRecord,
+    MembershipChange,
+    decode_member,
+    encode_member,
+    member_key,
+    node_id_of_key,
+)
 from quorumkv.kv.packing import pack
 from quorumkv.kv.reads import check_read_revision, read_range
 from quorumkv.kv.records import (
@@ -72,9 +81,9 @@ DEFAULT_MAP_SIZE = 8 << 30
 
 TEMPORARY_MAP_SIZE = 1 << 30
 
-Payload: TypeAlias = Command | ConfState | None
-"""What a committed entry asks of the store: a command (perhaps a client's Session), a new
-membership, or nothing."""
+Payload: TypeAlias = Command | MembershipChange | ConfState | None
+"""What a committed entry asks of the store: a command (perhaps a client's Session), a
+membership change (with the member's record), a new membership alone, or nothing."""
 
 Outcome: TypeAlias = Applied | AlreadyApplied | RequestError
 
@@ -274,6 +283,10 @@ class KVStore:
             return Applied(index=index), state
         if isinstance(payload, ConfState):
             return Applied(index=index, conf_state=payload), replace(state, conf_state=payload)
+        if isinstance(payload, MembershipChange):
+            self._record_member(txn, payload)
+            return (Applied(index=index, conf_state=payload.conf),
+                    replace(state, conf_state=payload.conf))
         try:
             check_command(payload)
         except RequestError as err:
@@ -283,6 +296,28 @@ class KVStore:
         if isinstance(payload, Session):
             return self._apply_session(txn, state, index, payload, now)
         return self._apply_write(txn, state, index, payload, payload.timestamp, now)
+
+    def _record_member(self, txn: Txn, change: MembershipChange) -> None:
+        key = member_key(change.node_id)
+        if change.removed:
+            txn.delete(key, db=self._meta)
+        elif change.member is not None:
+            txn.put(key, encode_member(change.member), db=self._meta)
+
+    def members(self) -> dict[int, MemberRecord]:
+        """The member registry (``members.py``): every recorded member by node id."""
+        with lmdb_errors("reading"), self._live_env().begin() as txn:
+            return self._read_members(txn)
+
+    def _read_members(self, txn: Txn) -> dict[int, MemberRecord]:
+        out: dict[int, MemberRecord] = {}
+        cursor = txn.cursor(db=self._meta)
+        if cursor.set_range(MEMBER_PREFIX):
+            for key, value in cursor:
+                if not key.startswith(MEMBER_PREFIX):
+                    break
+                out[node_id_of_key(key)] = decode_member(value)
+        return out
 
     def _apply_write(self, txn: Txn, state: StoreState, index: int, cmd: Write,
                      timestamp: int, now: int) -> tuple[Applied | RequestError, StoreState]:
@@ -356,7 +391,7 @@ class KVStore:
 
     def digest(self) -> str:
         """SHA-256 (hex) of the logical state: the revisions, the clock, every live key
-        with its metadata, and the session table.
+        with its metadata, the session table, the membership and the member registry.
 
         Replicas that applied the same entries have the same digest however
         they got there (replay, restart, snapshot). The applied index and
@@ -375,6 +410,11 @@ class KVStore:
             digest.update(pack(b"sessions"))
             for key, value in self._sessions.items(txn):
                 digest.update(pack([key, value]))
+            digest.update(pack([b"members", sorted(state.conf_state.voters),
+                                sorted(state.conf_state.learners)]))
+            for node_id, rec in sorted(self._read_members(txn).items()):
+                digest.update(pack(node_id))
+                digest.update(encode_member(rec))
         return digest.hexdigest()
 
     def session_count(self) -> int:
