@@ -1,8 +1,9 @@
 """The ``quorumkv`` command line.
 
 ``serve`` runs a node. The client commands (put, get, del, scan, txn,
-status, member list, bench) live in ``cli_*.py`` beside this file and talk
-to a running cluster; see ``cli_common.py`` for the options they share.
+status, member list/add/remove/promote, leave, bench) live in ``cli_*.py``
+beside this file and talk to a running cluster; see ``cli_common.py`` for the
+options they share.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 import click
 
 from quorumkv.cli_bench import bench
-from quorumkv.cli_cluster import member, status
+from quorumkv.cli_cluster import leave, member, status
 from quorumkv.cli_common import ClientSettings, QuorumKVGroup, group_options, parse_endpoints
 from quorumkv.cli_kv import delete, get, put, scan
 from quorumkv.cli_txn import txn
@@ -38,7 +39,7 @@ def main(ctx: click.Context, endpoints: str, timeout: float, json_output: bool) 
                              json=json_output)
 
 
-for _command in (put, get, delete, scan, txn, status, member, bench):
+for _command in (put, get, delete, scan, txn, status, member, leave, bench):
     main.add_command(_command)
 
 
@@ -51,7 +52,19 @@ for _command in (put, get, delete, scan, txn, status, member, bench):
               help="Initial members: NAME=PEERHOST:PORT,... (this node included).")
 @click.option("--client-urls", default=None,
               help="Client addresses of the members, NAME=HOST:PORT,... (for redirects).")
-@click.option("--cluster-token", default=None, help="Identifies the cluster [quorumkv].")
+@click.option("--cluster-token", "--token", "cluster_token", default=None,
+              envvar="QUORUMKV_TOKEN",
+              help="The cluster's shared secret: needed to join and to change the membership "
+                   "[quorumkv].")
+@click.option("--join", "join", default=None,
+              help="Join a running cluster through these members' client addresses "
+                   "(HOST:PORT,...) instead of bootstrapping one.")
+@click.option("--leave-on-shutdown", is_flag=True, default=None,
+              help="On SIGTERM, leave the cluster before stopping.")
+@click.option("--max-voters", type=int, default=None, help="Most voters the cluster admits [7].")
+@click.option("--promote-lag", type=int, default=None,
+              help="A joining learner is promoted within this many entries of the leader "
+                   "[1000].")
 @click.option("--tick-ms", type=int, default=None, help="Raft tick length [100].")
 @click.option("--election-ticks", type=int, default=None, help="Election timeout in ticks [10].")
 @click.option("--snapshot-threshold", type=int, default=None,
@@ -62,8 +75,10 @@ for _command in (put, get, delete, scan, txn, status, member, bench):
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
           client_listen: str | None, initial_cluster: str | None, client_urls: str | None,
-          cluster_token: str | None, tick_ms: int | None, election_ticks: int | None,
-          snapshot_threshold: int | None, config_file: Path | None, log_level: str) -> None:
+          cluster_token: str | None, join: str | None, leave_on_shutdown: bool | None,
+          max_voters: int | None, promote_lag: int | None, tick_ms: int | None,
+          election_ticks: int | None, snapshot_threshold: int | None,
+          config_file: Path | None, log_level: str) -> None:
     """Run a quorumkv node."""
     from quorumkv.server.node import run_node
 
@@ -84,7 +99,11 @@ def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
         if client_urls is not None:
             settings["client_addresses"] = {
                 n: f"{h}:{p}" for n, (h, p) in parse_initial_cluster(client_urls).items()}
+        if join is not None:
+            settings["join"] = parse_endpoints(join)
         for key, value in (("cluster_token", cluster_token), ("tick_ms", tick_ms),
+                           ("leave_on_shutdown", leave_on_shutdown),
+                           ("max_voters", max_voters), ("promote_lag", promote_lag),
                            ("election_ticks", election_ticks),
                            ("snapshot_threshold", snapshot_threshold)):
             if value is not None:

@@ -25,8 +25,9 @@ grouped by whose fault they are and what the caller may do about it::
      ├── MembershipError
      │    ├── ClusterFull
      │    ├── InvalidNode
-     │    ├── ConfChangeInProgress
-     │    └── AuthenticationFailed
+     │    ├── ConfChangeInProgress   one membership change at a time
+     │    ├── LearnerNotReady        a learner too far behind to become a voter
+     │    └── AuthenticationFailed   wrong cluster token
      ├── StorageError                local disk state is unusable
      │    ├── CorruptLog             names the file and offset
      │    ├── CorruptSnapshot        a damaged or foreign snapshot file
@@ -154,6 +155,10 @@ class InvalidNode(MembershipError):
 
 class ConfChangeInProgress(MembershipError):
     code = "conf_change_in_progress"
+
+
+class LearnerNotReady(MembershipError):
+    code = "learner_not_ready"
 
 
 class AuthenticationFailed(MembershipError):

@@ -124,6 +124,20 @@ class Cluster:
         for n in self.nodes:
             n.terminate()
 
+    def add_joiner(self, tmp_path: Path, name: str, *, join: list[str] | None = None,
+                   extra: list[str] | None = None) -> NodeProcess:
+        """A node that joins this cluster with ``serve --join`` (not started yet); stopped
+        with the cluster."""
+        peer, client = free_ports(2)
+        args = [sys.executable, "-m", "quorumkv.cli", "serve", "--name", name,
+                "--data-dir", str(tmp_path / name),
+                "--peer-listen", f"127.0.0.1:{peer}", "--client-listen", f"127.0.0.1:{client}",
+                "--join", ",".join(join or self.endpoints), "--tick-ms", "50", *(extra or [])]
+        node = NodeProcess(name=name, data_dir=tmp_path / name, peer_port=peer,
+                           client_port=client, args=args, log_path=tmp_path / f"{name}.log")
+        self.nodes.append(node)
+        return node
+
 
 @contextlib.contextmanager
 def running_cluster(tmp_path: Path, size: int = 3, *, extra: list[str] | None = None,

@@ -89,7 +89,7 @@ class FakeKV:
     def hello(self) -> dict[str, Any]:
         return {"name": self.name, "id": 1, "cluster_id": "test-cluster"}
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, *, local: bool = False) -> dict[str, Any]:
         return {"node": {"name": self.name}, "members": [{"name": self.name}],
                 "leader": self.name, "header": self.header().to_wire()}
 

@@ -32,6 +32,7 @@ from quorumkv.transport.peers import (
     MAGIC,
     PROTOCOL_VERSION,
     TAG_MESSAGE,
+    TAG_PING,
     TAG_SNAPSHOT_CHUNK,
     TAG_SNAPSHOT_RESUME,
     PeerTransport,
@@ -75,8 +76,11 @@ class Node:
         self.id = node_id
         self.received: list[Message] = []
         self.snapshots: list[tuple[InstallSnapshot, Path]] = []
+        self.arrivals: list[int] = []
+        """Senders reported by on_arrival, in order (unless a test passes its own)."""
         self._changed = asyncio.Event()
         kw.setdefault("cluster_id", CLUSTER)
+        kw.setdefault("on_arrival", self._on_arrival)
         self.t = PeerTransport(node_id=node_id, listen_host=HOST, listen_port=port,
                                on_message=self._on_message, on_snapshot=self._on_snapshot,
                                rng=random.Random(node_id), **kw)
@@ -88,6 +92,10 @@ class Node:
 
     def _on_snapshot(self, m: InstallSnapshot, path: Path) -> None:
         self.snapshots.append((m, path))
+        self._changed.set()
+
+    def _on_arrival(self, sender: int) -> None:
+        self.arrivals.append(sender)
         self._changed.set()
 
     async def wait_for(self, pred: Callable[[], bool], timeout: float = WAIT) -> None:
@@ -378,6 +386,8 @@ HOSTILE: dict[str, bytes] = {
     "oversized frame": _handshake() + b"\xff\xff\xff\xff",
     "empty frame": _handshake() + HEADER.pack(0),
     "unknown tag": _handshake() + _tagged(9, b""),
+    "first unassigned tag": _handshake() + _tagged(TAG_PING + 1, b""),
+    "ping with a body": _handshake() + _tagged(TAG_PING, b"x"),
     "not msgpack": _handshake() + _tagged(TAG_MESSAGE, b"\xc1\xc1"),
     "wrong types": _handshake() + _tagged(TAG_MESSAGE, msgpack.packb([5, 1, 0, "x", 2, 1, 0,
                                                                       b""])),
@@ -413,16 +423,22 @@ def test_hostile_clients_are_disconnected_while_a_peer_keeps_working() -> None:
             n1.t.send(hb(1, 2, 0))
             await n2.wait_for(lambda: n2.seq_from(1) == [0])
             await asyncio.gather(*(_expect_disconnected(n2.t.port, p) for p in HOSTILE.values()))
+            # The frames that closed those connections were no sign of life.
+            assert 7 not in n2.arrivals
             # A client that speaks the protocol stays connected; a message addressed to
-            # another node, or a resume for no transfer of ours, is only dropped.
+            # another node, or a resume for no transfer of ours, is only dropped, and a
+            # ping (tag 4 is known) is only counted.
             _, writer = await asyncio.open_connection(HOST, n2.t.port)
             writer.write(encode_handshake(CLUSTER, 7)
                          + _tagged(TAG_SNAPSHOT_RESUME, msgpack.packb([0, 4, 900, 5]))
                          + _tagged(TAG_MESSAGE, encode_message(hb(7, 9, 0)))
+                         + _tagged(TAG_PING, b"")
                          + _tagged(TAG_MESSAGE, encode_message(hb(7, 2, 1))))
             await writer.drain()
             await n2.wait_for(lambda: n2.seq_from(7) == [1])
             assert n2.t.misdirected == 1
+            assert n2.t.pings_received == 1
+            assert n2.arrivals.count(7) == 4, "every well-formed frame is a sign of life"
             writer.close()
             # The legitimate peers never noticed.
             n1.t.send(hb(1, 2, 1))
@@ -432,6 +448,91 @@ def test_hostile_clients_are_disconnected_while_a_peer_keeps_working() -> None:
             assert n1.t.stats()[2].failures == 0
 
     run(body)
+
+
+# -- liveness ----------------------------------------------------------------------------
+
+
+def test_arrivals_are_reported_for_messages_and_pings_and_pings_are_not_delivered() -> None:
+    async def body() -> None:
+        async with cluster(3) as (n1, n2, n3):
+            n1.t.send(hb(1, 2, 0))
+            assert sorted(n3.t.ping_idle(1.0)) == [1, 2], "new links were never enqueued to"
+            await n2.wait_for(lambda: sorted(n2.arrivals) == [1, 3])
+            await n1.wait_for(lambda: n1.arrivals == [3])
+            # Nothing else travels in this test, so the lists are complete.
+            assert n2.received == [hb(1, 2, 0)], "a ping is not a Raft message"
+            assert n1.received == []
+            assert (n1.t.pings_received, n2.t.pings_received, n3.t.pings_received) == (1, 1, 0)
+            await wait_until(lambda: all(s.pings_sent == 1 for s in n3.t.stats().values()))
+            assert all(s.sent == 0 for s in n3.t.stats().values()), "pings are not messages"
+            await wait_until(lambda: n1.t.stats()[2].sent == 1)
+            assert n1.t.stats()[2].pings_sent == 0
+
+    run(body)
+
+
+def test_ping_idle_pings_only_the_links_that_were_idle() -> None:
+    async def body() -> None:
+        async with cluster(3) as (n1, n2, n3):
+            n1.t.send(hb(1, 2, 0))
+            assert n1.t.ping_idle(1.0) == [3], "a message just went to node 2"
+            await n2.wait_for(lambda: n2.arrivals == [1])
+            await n3.wait_for(lambda: n3.arrivals == [1])
+            await asyncio.sleep(0.1)  # both links now idle for longer than 0.05 s
+            assert sorted(n1.t.ping_idle(0.05)) == [2, 3]
+            assert n1.t.ping_idle(WAIT) == [], "a ping counts as something enqueued"
+            await n2.wait_for(lambda: n2.arrivals == [1, 1])
+            await n3.wait_for(lambda: n3.arrivals == [1, 1])
+            assert n2.seq_from(1) == [0] and n3.received == []
+
+    run(body)
+
+
+def test_a_link_with_frames_waiting_is_not_pinged_again() -> None:
+    async def body() -> None:
+        async with cluster(1, backoff_max=0.3) as (n1,):
+            n1.t.set_peer(2, HOST, free_port())  # nothing listens there
+            assert n1.t.ping_idle(0.05) == [2]
+            await wait_until(lambda: n1.saw_unreachable(2))
+            await asyncio.sleep(0.1)
+            # The first ping still waits: more would only reach the peer as one burst.
+            assert n1.t.ping_idle(0.05) == []
+            assert (n1.t.stats()[2].queued, n1.t.stats()[2].pings_sent) == (1, 0)
+
+    run(body)
+
+
+def test_an_on_arrival_that_raises_does_not_cut_the_connection(
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.ERROR, logger="quorumkv.transport.peers")
+    calls: list[int] = []
+
+    def boom(sender: int) -> None:
+        calls.append(sender)
+        raise RuntimeError("detector bug")
+
+    async def body() -> None:
+        n1, n2 = Node(1), Node(2, on_arrival=boom)
+        try:
+            for n in (n1, n2):
+                await n.t.start()
+            n1.t.set_peer(2, HOST, n2.t.port)
+            n1.t.send(hb(1, 2, 0))
+            assert n1.t.ping_idle(WAIT) == [], "a message was just enqueued"
+            await n2.wait_for(lambda: n2.seq_from(1) == [0])
+            assert n1.t.ping_idle(0.0) == [2]
+            n1.t.send(hb(1, 2, 1))  # behind the ping, on the same connection
+            await n2.wait_for(lambda: n2.seq_from(1) == [0, 1])
+            assert n2.t.pings_received == 1
+            assert calls == [1, 1, 1]
+            assert n1.t.stats()[2].failures == 0
+        finally:
+            await n1.t.close()
+            await n2.t.close()
+
+    run(body)
+    assert any("on_arrival failed" in r.getMessage() for r in caplog.records)
 
 
 # -- snapshots ---------------------------------------------------------------------------

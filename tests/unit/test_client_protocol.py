@@ -11,10 +11,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from quorumkv.client.protocol import (
+    MAX_ADDRESS_LENGTH,
+    MAX_NAME_LENGTH,
+    MAX_TOKEN_LENGTH,
     OPS,
+    DigestRequest,
     Durable,
     Header,
     HelloRequest,
+    LeaveRequest,
+    MemberAddRequest,
+    MemberListRequest,
+    MemberPromoteRequest,
+    MemberRemoveRequest,
     ReadRequest,
     Request,
     StatusRequest,
@@ -94,7 +103,18 @@ REQUESTS: list[Request] = [
                                    keys_only=True), consistency="session", min_revision=12),
     ReadRequest(range=RangeRequest(key=b"\x00\xff", count_only=True), consistency="one"),
     StatusRequest(),
+    StatusRequest(local=True),
     HelloRequest(),
+    MemberListRequest(),
+    MemberAddRequest(name="n4", peer_address="127.0.0.1:7004"),
+    MemberAddRequest(name="n5", peer_address="[::1]:7005", client_address="[::1]:7105",
+                     learner=True, token="s3cret"),
+    MemberRemoveRequest(name="n4"),
+    MemberRemoveRequest(name="n4", token="s3cret"),
+    MemberPromoteRequest(name="n5", token="s3cret"),
+    LeaveRequest(),
+    LeaveRequest(token="s3cret"),
+    DigestRequest(),
 ]
 
 
@@ -223,6 +243,44 @@ MALFORMED: list[tuple[Any, int | None, str]] = [
     ([1, "range", {"key": b"a", "keys_only": 1}], 1, "'keys_only'"),
     ([1, "range", {"key": b"a", "consistency": "eventual"}], 1, "consistency"),
     ([1, "range", {"key": b"a", "min_revision": 1 << 63}], 1, "'min_revision'"),
+    ([1, "status", {"local": 1}], 1, "'local' must be a boolean"),
+    ([1, "status", {"local": None}], 1, "'local' must be a boolean"),
+    ([1, "member_list", {"name": "n1"}], 1, "unknown field"),
+    ([1, "member_list", []], 1, "must be a map"),
+    ([1, "member_add", {}], 1, "missing field 'name'"),
+    ([1, "member_add", {"name": "n4"}], 1, "missing field 'peer_address'"),
+    ([1, "member_add", {"name": b"n4", "peer_address": "h:1"}], 1, "'name' must be a string"),
+    ([1, "member_add", {"name": None, "peer_address": "h:1"}], 1, "'name' must be a string"),
+    ([1, "member_add", {"name": "n4", "peer_address": 7004}], 1, "'peer_address' must be a"),
+    ([1, "member_add", {"name": "n4", "peer_address": "h:1", "client_address": 7}], 1,
+     "'client_address' must be a string or nil"),
+    ([1, "member_add", {"name": "n4", "peer_address": "h:1", "learner": "yes"}], 1,
+     "'learner' must be a boolean"),
+    ([1, "member_add", {"name": "n4", "peer_address": "h:1", "token": None}], 1,
+     "'token' must be a string"),
+    ([1, "member_add", {"name": "n4", "peer_address": "h:1", "voter": True}], 1,
+     "unknown field"),
+    ([1, "member_add", {"name": "n" * 65, "peer_address": "h:1"}], 1,
+     "'name' must be at most 64 characters"),
+    ([1, "member_add", {"name": "n4", "peer_address": "h" * 301}], 1,
+     "'peer_address' must be at most 300 characters"),
+    ([1, "member_add", {"name": "n4", "peer_address": "h:1", "client_address": "h" * 301}], 1,
+     "'client_address' must be at most 300 characters"),
+    ([1, "member_add", {"name": "n4", "peer_address": "h:1", "token": "t" * 1025}], 1,
+     "'token' must be at most 1024 characters"),
+    ([1, "member_remove", {}], 1, "missing field 'name'"),
+    ([1, "member_remove", {"name": 4}], 1, "'name' must be a string"),
+    ([1, "member_remove", {"name": "n" * 65}], 1, "'name' must be at most"),
+    ([1, "member_remove", {"name": "n4", "token": b"t"}], 1, "'token' must be a string"),
+    ([1, "member_remove", {"name": "n4", "force": True}], 1, "unknown field"),
+    ([1, "member_promote", {}], 1, "missing field 'name'"),
+    ([1, "member_promote", {"name": "n" * 65}], 1, "'name' must be at most"),
+    ([1, "member_promote", {"name": "n4", "token": "t" * 1025}], 1, "'token' must be at most"),
+    ([1, "member_promote", {"name": "n4", "learner": False}], 1, "unknown field"),
+    ([1, "leave", {"name": "n1"}], 1, "unknown field"),
+    ([1, "leave", {"token": 1}], 1, "'token' must be a string"),
+    ([1, "leave", {"token": "t" * 1025}], 1, "'token' must be at most"),
+    ([1, "digest", {"revision": 3}], 1, "unknown field"),
 ]
 
 
@@ -253,7 +311,8 @@ scalars = (st.none() | st.booleans() | st.integers(min_value=-(1 << 63), max_val
 values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                       | st.dictionaries(st.text(max_size=6), inner, max_size=4), max_leaves=12)
 FIELDS = ["cmd", "consistency", "client_id", "seq", "key", "range_end", "limit", "revision",
-          "keys_only", "count_only", "min_revision", "type", "header"]
+          "keys_only", "count_only", "min_revision", "type", "header", "local", "name",
+          "peer_address", "client_address", "learner", "token", "index"]
 
 
 @settings(max_examples=300, deadline=None)
@@ -314,3 +373,77 @@ def test_members_ask_each_other_to_wait_for_an_index() -> None:
     assert decode_request(encode_request(8, read)) == (8, read)
     with pytest.raises(InvalidArgument):
         decode_request(encode_request(9, WaitAppliedRequest(index=-1)))
+
+
+# -- membership ops -------------------------------------------------------------------
+
+
+def test_membership_requests_have_the_documented_wire_shape() -> None:
+    add = MemberAddRequest(name="n4", peer_address="h:7004", learner=True, token="t")
+    assert msgpack.unpackb(encode_request(1, add)) == [
+        1, "member_add", {"name": "n4", "peer_address": "h:7004", "client_address": None,
+                          "learner": True, "token": "t"}]
+    assert msgpack.unpackb(encode_request(2, MemberRemoveRequest(name="n4"))) == [
+        2, "member_remove", {"name": "n4", "token": ""}]
+    assert msgpack.unpackb(encode_request(3, MemberPromoteRequest(name="n4", token="t"))) == [
+        3, "member_promote", {"name": "n4", "token": "t"}]
+    assert msgpack.unpackb(encode_request(4, LeaveRequest(token="t"))) == [
+        4, "leave", {"token": "t"}]
+    assert msgpack.unpackb(encode_request(5, MemberListRequest())) == [5, "member_list", {}]
+    assert msgpack.unpackb(encode_request(6, DigestRequest())) == [6, "digest", {}]
+
+
+def test_optional_membership_fields_take_their_defaults() -> None:
+    assert decode_request(pack([1, "member_add", {"name": "n4", "peer_address": "h:1"}])) == (
+        1, MemberAddRequest(name="n4", peer_address="h:1", client_address=None, learner=False,
+                            token=""))
+    assert decode_request(pack([2, "member_add", {"name": "n4", "peer_address": "h:1",
+                                                  "client_address": None}]))[1] == (
+        MemberAddRequest(name="n4", peer_address="h:1"))
+    assert decode_request(pack([3, "member_remove", {"name": "n4"}])) == (
+        3, MemberRemoveRequest(name="n4", token=""))
+    assert decode_request(pack([4, "member_promote", {"name": "n4"}])) == (
+        4, MemberPromoteRequest(name="n4", token=""))
+    assert decode_request(pack([5, "leave", {}])) == (5, LeaveRequest(token=""))
+
+
+def test_strings_at_their_length_limits_are_accepted() -> None:
+    # The node validates the name and address formats; the protocol bounds only the length.
+    name, address, token = ("n" * MAX_NAME_LENGTH, "a" * MAX_ADDRESS_LENGTH,
+                            "t" * MAX_TOKEN_LENGTH)
+    req = MemberAddRequest(name=name, peer_address=address, client_address=address, token=token)
+    assert decode_request(encode_request(1, req)) == (1, req)
+    assert decode_request(encode_request(2, LeaveRequest(token=token))) == (
+        2, LeaveRequest(token=token))
+    # Characters, not bytes: a name of 64 non-ASCII characters fits.
+    wide = MemberRemoveRequest(name="é" * MAX_NAME_LENGTH)
+    assert decode_request(encode_request(3, wide)) == (3, wide)
+
+
+def test_an_oversized_token_is_refused_without_being_echoed() -> None:
+    token = "hunter2" * 200
+    with pytest.raises(InvalidArgument) as caught:
+        decode_request(pack([1, "leave", {"token": token}]))
+    assert "hunter2" not in str(caught.value)
+
+
+def test_tokens_stay_out_of_reprs() -> None:
+    for req in (MemberAddRequest(name="n", peer_address="h:1", token="hunter2"),
+                MemberRemoveRequest(name="n", token="hunter2"),
+                MemberPromoteRequest(name="n", token="hunter2"), LeaveRequest(token="hunter2")):
+        assert "hunter2" not in repr(req)
+
+
+def test_status_with_and_without_local() -> None:
+    assert decode_request(pack([1, "status", {}])) == (1, StatusRequest(local=False))
+    assert decode_request(pack([2, "status", {"local": False}])) == (2, StatusRequest())
+    assert decode_request(pack([3, "status", {"local": True}])) == (3, StatusRequest(local=True))
+    # The default stays off the wire, so a node that predates "local" still answers.
+    assert msgpack.unpackb(encode_request(4, StatusRequest())) == [4, "status", {}]
+    assert msgpack.unpackb(encode_request(5, StatusRequest(local=True))) == [
+        5, "status", {"local": True}]
+
+
+def test_every_op_has_a_request_in_the_round_trip_list() -> None:
+    ops = {msgpack.unpackb(encode_request(1, req))[1] for req in REQUESTS}
+    assert ops | {"wait_applied"} == set(OPS)

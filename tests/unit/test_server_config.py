@@ -58,12 +58,20 @@ def test_toml_settings_are_read_and_unknown_ones_refused(tmp_path: Path) -> None
 
 def test_a_data_directory_belongs_to_one_member_of_one_cluster(tmp_path: Path) -> None:
     d = DataDir(tmp_path / "n1")
-    assert d.claim(name="n1", node_id=1, cluster_id=7) is True
-    assert d.claim(name="n1", node_id=1, cluster_id=7) is False
+    with pytest.raises(DataDirError, match="needs --initial-cluster or --join"):
+        d.claim(name="n1", node_id=1, cluster_id=0)
+    assert d.claim(name="n1", node_id=1, cluster_id=7)[0] is True
+    assert d.claim(name="n1", node_id=1, cluster_id=7)[0] is False
+    # A member that joined knows its cluster only from its directory.
+    assert d.claim(name="n1", node_id=1, cluster_id=0)[1]["cluster_id"] == 7
+    assert d.cluster_id() == 7
     with pytest.raises(DataDirError, match="belongs to member"):
         d.claim(name="n2", node_id=2, cluster_id=7)
     with pytest.raises(DataDirError, match="another cluster"):
         d.claim(name="n1", node_id=1, cluster_id=8)
+    d.mark_removed()
+    with pytest.raises(DataDirError, match="was removed"):
+        d.claim(name="n1", node_id=1, cluster_id=7)
 
 
 def test_a_foreign_or_damaged_directory_is_refused(tmp_path: Path) -> None:

@@ -1,8 +1,10 @@
 """Clients of a quorumkv cluster: :class:`AsyncClient` (asyncio) and :class:`Client` (blocking).
 
 Both have the same methods: ``put``, ``get``, ``range``, ``scan_prefix``,
-``delete``, ``txn``, ``compare_and_swap``, ``compact``, ``status`` and
-``close``. Transactions are built from the kv types exported here::
+``delete``, ``txn``, ``compare_and_swap``, ``compact``, ``status``, ``digest``,
+the membership methods (``membership``, ``member_list``, ``member_add``,
+``member_remove``, ``member_promote``, ``leave``; they return :class:`Member`)
+and ``close``. Transactions are built from the kv types exported here::
 
     from quorumkv.client import Client, Compare, CompareOp, CompareTarget, Put
 
@@ -15,6 +17,7 @@ The wire protocol both clients speak is documented in :mod:`quorumkv.client.prot
 
 from quorumkv.client.async_client import AsyncClient
 from quorumkv.client.client import Client
+from quorumkv.client.members import DEFAULT_TOKEN, Member, Membership
 from quorumkv.client.protocol import Header
 from quorumkv.client.raw import RawClient
 from quorumkv.kv.commands import Compare, CompareOp, CompareTarget, DeleteRange, Put, RangeRequest
@@ -31,6 +34,7 @@ from quorumkv.kv.results import (
 
 __all__ = [
     "ALL_KEYS",
+    "DEFAULT_TOKEN",
     "AsyncClient",
     "Client",
     "CompactResult",
@@ -41,6 +45,8 @@ __all__ = [
     "DeleteResult",
     "Header",
     "KeyValue",
+    "Member",
+    "Membership",
     "Put",
     "PutResult",
     "RangeRequest",

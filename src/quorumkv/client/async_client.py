@@ -16,6 +16,10 @@ pipelined connection. How requests fail over and retry is described in
 ``retrying_caller.py``; what the consistency levels promise is in the design
 (one, session, quorum, all). Writes are never applied twice by a retry: each
 carries this client's random id and a sequence number the node deduplicates.
+
+The membership methods (``member_list``, ``member_add``, ``member_remove``,
+``member_promote``, ``leave``) take the cluster token; a node refuses a wrong
+one with AuthenticationFailed.
 """
 
 from __future__ import annotations
@@ -27,9 +31,23 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from quorumkv.client.endpoints import Backoff, Endpoints
+from quorumkv.client.members import (
+    DEFAULT_TOKEN,
+    Member,
+    Membership,
+    digest_from_wire,
+    member_result_from_wire,
+    membership_from_wire,
+)
 from quorumkv.client.protocol import (
     READ_CONSISTENCY,
+    DigestRequest,
     Durable,
+    LeaveRequest,
+    MemberAddRequest,
+    MemberListRequest,
+    MemberPromoteRequest,
+    MemberRemoveRequest,
     ReadRequest,
     StatusRequest,
     WriteRequest,
@@ -213,13 +231,68 @@ class AsyncClient:
         return await self.range(key, end, limit=limit, revision=revision, keys_only=keys_only,
                                 count_only=count_only, consistency=consistency)
 
-    async def status(self) -> dict[str, Any]:
-        """The contacted node's view of itself and the cluster, as the node reports it."""
-        body = await self._caller.call(StatusRequest())
+    async def status(self, *, local: bool = False) -> dict[str, Any]:
+        """The contacted node's view of itself and the cluster, as the node reports it.
+
+        ``local``: only what the node knows itself, without asking the leader for its view.
+        """
+        body = await self._caller.call(StatusRequest(local=local))
         header = body.get("header")
         if isinstance(header, dict) and type(header.get("revision")) is int:
             self._observe(header["revision"])
         return body
+
+    async def digest(self) -> dict[str, Any]:
+        """``{"digest", "applied_index", "revision"}`` of the answering node's store.
+
+        Compare the digests of replicas at the same applied index to check they agree.
+        """
+        digest, header = digest_from_wire(await self._caller.call(DigestRequest()))
+        self._observe(header.revision)
+        return digest
+
+    # -- membership ------------------------------------------------------------------
+
+    async def membership(self) -> Membership:
+        """The members, the leader's name and the cluster id, as the answering node knows them."""
+        membership, header = membership_from_wire(await self._caller.call(MemberListRequest()))
+        self._observe(header.revision)
+        return membership
+
+    async def member_list(self) -> list[Member]:
+        return list((await self.membership()).members)
+
+    async def member_add(self, name: str, peer_address: str, *,
+                         client_address: str | None = None, learner: bool = False,
+                         token: str = DEFAULT_TOKEN) -> Member:
+        """Add a node, always as a learner first so it cannot weaken the quorum while it
+        catches up; the leader then promotes it to voter, unless ``learner`` keeps it one."""
+        req = MemberAddRequest(name=name, peer_address=peer_address,
+                               client_address=client_address, learner=learner, token=token)
+        return await self._member_call(req, "member")
+
+    async def member_remove(self, name: str, *, token: str = DEFAULT_TOKEN) -> Member:
+        """Remove a member; returns it as it was."""
+        return await self._member_call(MemberRemoveRequest(name=name, token=token), "removed")
+
+    async def member_promote(self, name: str, *, token: str = DEFAULT_TOKEN) -> Member:
+        """Make a learner a voter."""
+        return await self._member_call(MemberPromoteRequest(name=name, token=token), "member")
+
+    async def leave(self, *, token: str = DEFAULT_TOKEN) -> Member:
+        """Ask the node this client is connected to (its first reachable endpoint) to leave
+        the cluster and stop; returns the member that left.
+
+        Give the client that one node's endpoint only: if the answer is lost, the request
+        is retried like any other, and with several endpoints another node could get it.
+        """
+        return await self._member_call(LeaveRequest(token=token), "left")
+
+    async def _member_call(self, req: MemberAddRequest | MemberRemoveRequest
+                           | MemberPromoteRequest | LeaveRequest, key: str) -> Member:
+        member, header = member_result_from_wire(await self._caller.call(req), key)
+        self._observe(header.revision)
+        return member
 
     def _observe(self, revision: int) -> None:
         self._revision = max(self._revision, revision)

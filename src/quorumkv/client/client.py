@@ -22,6 +22,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from quorumkv.client.async_client import AsyncClient, KeyLike
+from quorumkv.client.members import DEFAULT_TOKEN, Member, Membership
 from quorumkv.kv.commands import Compare, TxnOp
 from quorumkv.kv.results import (
     CompactResult,
@@ -150,5 +151,29 @@ class Client:
     def compact(self, revision: int, *, consistency: str | None = None) -> CompactResult:
         return self._run(self._client.compact(revision, consistency=consistency))
 
-    def status(self) -> dict[str, Any]:
-        return self._run(self._client.status())
+    def status(self, *, local: bool = False) -> dict[str, Any]:
+        return self._run(self._client.status(local=local))
+
+    def digest(self) -> dict[str, Any]:
+        return self._run(self._client.digest())
+
+    def membership(self) -> Membership:
+        return self._run(self._client.membership())
+
+    def member_list(self) -> list[Member]:
+        return self._run(self._client.member_list())
+
+    def member_add(self, name: str, peer_address: str, *, client_address: str | None = None,
+                   learner: bool = False, token: str = DEFAULT_TOKEN) -> Member:
+        return self._run(self._client.member_add(name, peer_address,
+                                                 client_address=client_address,
+                                                 learner=learner, token=token))
+
+    def member_remove(self, name: str, *, token: str = DEFAULT_TOKEN) -> Member:
+        return self._run(self._client.member_remove(name, token=token))
+
+    def member_promote(self, name: str, *, token: str = DEFAULT_TOKEN) -> Member:
+        return self._run(self._client.member_promote(name, token=token))
+
+    def leave(self, *, token: str = DEFAULT_TOKEN) -> Member:
+        return self._run(self._client.leave(token=token))

@@ -24,8 +24,19 @@ Ops and their args (optional fields show their default)::
                "min_index": int = 0}     min_index: serve only once that log index is applied
     "wait_applied" {"index": int}  -> {"header"} once the node has applied that log index
               (members use it among themselves for the "all" levels)
-    "status"  {}   -> a map the node fills (node, members, leader, header)
+    "status"  {"local": bool = false}   -> a map the node fills (node, members, leader, header)
     "hello"   {}   -> the node's identity (name, id, cluster_id) and "protocol": int
+
+Membership ops (the node checks the name and address formats; here only their
+lengths: name 64 characters, addresses 300, token 1024)::
+
+    "member_list"    {}
+    "member_add"     {"name": str, "peer_address": str, "client_address": str|nil = nil,
+                      "learner": bool = false, "token": str = ""}
+    "member_remove"  {"name": str, "token": str = ""}
+    "member_promote" {"name": str, "token": str = ""}
+    "leave"          {"token": str = ""}     the answering node leaves the cluster, then stops
+    "digest"         {}      a digest of the answering node's store, to compare replicas
 
 ``(client_id, seq)`` identifies a write for deduplication (thesis §6.3): a
 retry reuses both, so the node can answer it from the first attempt's
@@ -47,6 +58,31 @@ Results of "write" and "range" are the kv result maps below plus ``"header"``::
 A node builds these with :func:`write_result`, :func:`durable_result` and
 :func:`range_result`.
 
+Results of the membership ops (:mod:`quorumkv.client.members` reads them)::
+
+    member   {"id": int, "name": str, "peer_address": str, "client_address": str|nil,
+              "voter": bool, "auto_promote": bool}
+             auto_promote: a learner that the leader promotes to voter once its log has
+             caught up (a joining node); false for a learner added with learner=true,
+             which stays a learner until promoted.
+    member_list    -> {"members": [member], "leader": str|nil, "cluster_id": int, "header"}
+    member_add     -> {"member": member, "members": [member], "cluster_id": int, "header"}
+    member_remove  -> {"removed": member, "members": [member], "header"}
+    member_promote -> {"member": member, "members": [member], "header"}
+    leave          -> {"left": member, "header"}
+    digest         -> {"digest": str, "applied_index": int, "revision": int, "header"}
+
+The entries of a status's "members" additionally carry::
+
+    "status": "active"|"inactive"|"failed"|"joining"|"leaving",
+    "role": "leader"|"follower"|"candidate"|"pre_candidate"|"learner",
+    "phi": float|nil, "last_seen": float|nil   (seconds since this node last heard from it),
+    "lag": int|nil        (entries behind the leader's log; known on the leader),
+    "promotion": str|nil  (why a joining learner is not promoted yet)
+
+and the status map has ``"leader_view": {"name": str, "members": [...]}|nil`` and
+``"leader_view_error": str|nil``.
+
 Requests are checked strictly (the server raises InvalidArgument naming the
 field, and refuses unknown fields so a misspelt option is never ignored);
 responses are checked as strictly on the client (ProtocolError: the server's
@@ -55,7 +91,7 @@ fault), except that unknown result fields are ignored so servers may add some.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from quorumkv import errors
@@ -80,17 +116,27 @@ from quorumkv.kv.packing import pack, unpack
 from quorumkv.kv.validation import check_range_request
 
 __all__ = [
+    "MAX_ADDRESS_LENGTH",
+    "MAX_NAME_LENGTH",
+    "MAX_TOKEN_LENGTH",
     "OPS",
     "PROTOCOL_VERSION",
     "READ_CONSISTENCY",
     "WRITE_CONSISTENCY",
+    "DigestRequest",
     "Durable",
     "Header",
     "HelloRequest",
+    "LeaveRequest",
+    "MemberAddRequest",
+    "MemberListRequest",
+    "MemberPromoteRequest",
+    "MemberRemoveRequest",
     "ReadRequest",
     "Request",
     "Response",
     "StatusRequest",
+    "WaitAppliedRequest",
     "WriteRequest",
     "decode_request",
     "decode_response",
@@ -115,7 +161,11 @@ __all__ = [
 PROTOCOL_VERSION: Final = 1
 WRITE_CONSISTENCY: Final = ("one", "quorum", "all")
 READ_CONSISTENCY: Final = ("one", "session", "quorum", "all")
-OPS: Final = ("write", "range", "status", "hello", "wait_applied")
+OPS: Final = ("write", "range", "status", "hello", "wait_applied", "member_list", "member_add",
+              "member_remove", "member_promote", "leave", "digest")
+MAX_NAME_LENGTH: Final = 64
+MAX_ADDRESS_LENGTH: Final = 300
+MAX_TOKEN_LENGTH: Final = 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,7 +188,7 @@ class ReadRequest:
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class StatusRequest:
-    pass
+    local: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -151,7 +201,49 @@ class WaitAppliedRequest:
     index: int
 
 
-Request = WriteRequest | ReadRequest | StatusRequest | HelloRequest | WaitAppliedRequest
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberListRequest:
+    pass
+
+
+# Tokens are kept out of reprs: a request in a log line or a traceback must not leak one.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberAddRequest:
+    name: str
+    peer_address: str
+    client_address: str | None = None
+    learner: bool = False
+    """Stay a learner until promoted; otherwise the leader promotes it once caught up."""
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberRemoveRequest:
+    name: str
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class MemberPromoteRequest:
+    name: str
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaveRequest:
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DigestRequest:
+    pass
+
+
+Request = (WriteRequest | ReadRequest | StatusRequest | HelloRequest | WaitAppliedRequest
+           | MemberListRequest | MemberAddRequest | MemberRemoveRequest | MemberPromoteRequest
+           | LeaveRequest | DigestRequest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,10 +268,31 @@ def _request_args(req: Request) -> tuple[str, dict[str, Any]]:
                          "count_only": r.count_only, "consistency": req.consistency,
                          "min_revision": req.min_revision, "min_index": req.min_index}
     if isinstance(req, StatusRequest):
-        return "status", {}
+        # The default is left out so that a node predating "local" still answers.
+        return "status", {"local": True} if req.local else {}
     if isinstance(req, WaitAppliedRequest):
         return "wait_applied", {"index": req.index}
-    return "hello", {}
+    if isinstance(req, HelloRequest):
+        return "hello", {}
+    return _membership_args(req)
+
+
+def _membership_args(req: MemberListRequest | MemberAddRequest | MemberRemoveRequest
+                     | MemberPromoteRequest | LeaveRequest | DigestRequest,
+                     ) -> tuple[str, dict[str, Any]]:
+    if isinstance(req, MemberAddRequest):
+        return "member_add", {"name": req.name, "peer_address": req.peer_address,
+                              "client_address": req.client_address, "learner": req.learner,
+                              "token": req.token}
+    if isinstance(req, MemberRemoveRequest):
+        return "member_remove", {"name": req.name, "token": req.token}
+    if isinstance(req, MemberPromoteRequest):
+        return "member_promote", {"name": req.name, "token": req.token}
+    if isinstance(req, LeaveRequest):
+        return "leave", {"token": req.token}
+    if isinstance(req, DigestRequest):
+        return "digest", {}
+    return "member_list", {}
 
 
 def encode_request(request_id: int, req: Request) -> bytes:
@@ -225,6 +338,53 @@ def _parse_range(f: FieldReader) -> ReadRequest:
                        min_index=f.integer("min_index", 0))
 
 
+def _check_length(f: FieldReader, name: str, value: str, limit: int) -> str:
+    if len(value) > limit:
+        # The length only: the value may be a token, which must not be echoed.
+        raise f.fail(f"{name!r} must be at most {limit} characters, not {len(value)}")
+    return value
+
+
+def _bounded(f: FieldReader, name: str, limit: int) -> str:
+    return _check_length(f, name, f.string(name), limit)
+
+
+def _optional_bounded(f: FieldReader, name: str, limit: int) -> str | None:
+    value = f.raw(name)
+    if value is None:
+        return None
+    if type(value) is not str:
+        raise f.fail(f"{name!r} must be a string or nil, not {type_name(value)}")
+    return _check_length(f, name, value, limit)
+
+
+def _token(f: FieldReader) -> str:
+    return _check_length(f, "token", f.string("token", ""), MAX_TOKEN_LENGTH)
+
+
+def _parse_member_add(f: FieldReader) -> MemberAddRequest:
+    return MemberAddRequest(name=_bounded(f, "name", MAX_NAME_LENGTH),
+                            peer_address=_bounded(f, "peer_address", MAX_ADDRESS_LENGTH),
+                            client_address=_optional_bounded(f, "client_address",
+                                                             MAX_ADDRESS_LENGTH),
+                            learner=f.boolean("learner", False), token=_token(f))
+
+
+def _parse_membership(op: str, f: FieldReader) -> Request:
+    if op == "member_add":
+        return _parse_member_add(f)
+    if op == "member_remove":
+        return MemberRemoveRequest(name=_bounded(f, "name", MAX_NAME_LENGTH), token=_token(f))
+    if op == "member_promote":
+        return MemberPromoteRequest(name=_bounded(f, "name", MAX_NAME_LENGTH), token=_token(f))
+    if op == "leave":
+        return LeaveRequest(token=_token(f))
+    if op == "digest":
+        return DigestRequest()
+    assert op == "member_list"
+    return MemberListRequest()
+
+
 def parse_request(obj: object) -> tuple[int, Request]:
     """``(request_id, request)`` from a decoded frame; InvalidArgument naming what is wrong."""
     if type(obj) is not list or len(obj) != 3:
@@ -244,11 +404,13 @@ def parse_request(obj: object) -> tuple[int, Request]:
     elif op == "range":
         req = _parse_range(f)
     elif op == "status":
-        req = StatusRequest()
+        req = StatusRequest(local=f.boolean("local", False))
     elif op == "wait_applied":
         req = WaitAppliedRequest(index=f.integer("index"))
-    else:
+    elif op == "hello":
         req = HelloRequest()
+    else:
+        req = _parse_membership(op, f)
     f.finish()
     return request_id, req
 

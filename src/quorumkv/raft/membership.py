@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from quorumkv.errors import InvalidArgument
 from quorumkv.raft import replication
 from quorumkv.raft.entries import NONE, ConfChange, ConfChangeType
+from quorumkv.raft.messages import Heartbeat
 from quorumkv.raft.progress import Progress
 from quorumkv.raft.ready import Role
 
@@ -49,7 +50,12 @@ def apply_conf_change(node: RaftNode, cc: ConfChange) -> None:
         return
     members = node.conf.members()
     for gone in [m for m in node.progress if m not in members]:
-        del node.progress[gone]
+        # A last heartbeat, so a removed member that holds the change learns it
+        # is committed, applies it and knows it is out (nothing is sent to it
+        # after this). One that missed it stays unaware, like in §4.2.2.
+        last = node.progress.pop(gone)
+        node.send(Heartbeat(src=node.id, dst=gone, term=node.term,
+                            commit=min(last.match, node.log.committed)))
         if node.lead_transferee == gone:
             node.lead_transferee = NONE
     for member in sorted(members):

@@ -31,7 +31,13 @@ from typing import Any, Protocol
 
 from quorumkv.client.protocol import (
     PROTOCOL_VERSION,
+    DigestRequest,
     HelloRequest,
+    LeaveRequest,
+    MemberAddRequest,
+    MemberListRequest,
+    MemberPromoteRequest,
+    MemberRemoveRequest,
     ReadRequest,
     Request,
     StatusRequest,
@@ -71,9 +77,29 @@ class KVService(Protocol):
 
     async def wait_applied(self, index: int) -> dict[str, Any]: ...
 
-    async def status(self) -> dict[str, Any]: ...
+    async def status(self, *, local: bool = False) -> dict[str, Any]: ...
+
+    async def digest(self) -> dict[str, Any]: ...
+
+    async def leave(self, *, token: str) -> dict[str, Any]: ...
+
+    @property
+    def membership(self) -> MembershipService: ...
 
     def hello(self) -> dict[str, Any]: ...
+
+
+class MembershipService(Protocol):
+    """Membership changes (server/membership.py); each checks the cluster token."""
+
+    def list(self) -> dict[str, Any]: ...
+
+    async def add(self, name: str, peer_address: str, client_address: str | None, *,
+                  learner: bool, token: str) -> dict[str, Any]: ...
+
+    async def remove(self, name: str, *, token: str) -> dict[str, Any]: ...
+
+    async def promote(self, name: str, *, token: str) -> dict[str, Any]: ...
 
 
 class _Connection:
@@ -244,7 +270,21 @@ class ClientServer:
         elif isinstance(req, WaitAppliedRequest):
             result = await self._service.wait_applied(req.index)
         elif isinstance(req, StatusRequest):
-            result = await self._service.status()
+            result = await self._service.status(local=req.local)
+        elif isinstance(req, MemberListRequest):
+            result = self._service.membership.list()
+        elif isinstance(req, MemberAddRequest):
+            result = await self._service.membership.add(
+                req.name, req.peer_address, req.client_address, learner=req.learner,
+                token=req.token)
+        elif isinstance(req, MemberRemoveRequest):
+            result = await self._service.membership.remove(req.name, token=req.token)
+        elif isinstance(req, MemberPromoteRequest):
+            result = await self._service.membership.promote(req.name, token=req.token)
+        elif isinstance(req, LeaveRequest):
+            result = await self._service.leave(token=req.token)
+        elif isinstance(req, DigestRequest):
+            result = await self._service.digest()
         else:
             assert isinstance(req, HelloRequest)
             # The protocol version is this module's to state, not the node's.

@@ -63,6 +63,26 @@ class NodeConfig:
     client_addresses: dict[str, str] = field(default_factory=dict)
     """Client addresses of other members, for NotLeader redirects."""
     cluster_token: str = "quorumkv"
+    """Shared secret of the cluster: a node must present it to join, an operator to change
+    the membership. Compared in constant time, never logged."""
+    join: tuple[str, ...] = ()
+    """Client addresses of members to ask for admission (an empty data directory joins
+    the running cluster instead of bootstrapping one)."""
+    join_timeout_s: float = 60.0
+    leave_on_shutdown: bool = False
+    """On SIGTERM, leave the cluster (hand over leadership, be removed) before stopping."""
+    max_voters: int = 7
+    promote_lag: int = 1000
+    """A joining learner becomes a voter once its log is within this many entries of the
+    leader's."""
+    suspect_phi: float = 8.0
+    failed_phi: float = 16.0
+    failed_after_s: float = 10.0
+    """A peer silent this long is failed whatever phi says."""
+    acceptable_pause_s: float = 1.0
+    """A pause this long (a busy core, a slow disk) is not suspicious in itself."""
+    health_interval_ms: int = 200
+    """A peer that sent nothing else for this long sends a health ping."""
     tick_ms: int = 100
     election_ticks: int = 10
     heartbeat_ticks: int = 1
@@ -79,13 +99,34 @@ class NodeConfig:
             raise InvalidArgument(f"this node ({self.name}) is not in the initial cluster")
         if self.election_ticks <= self.heartbeat_ticks:
             raise InvalidArgument("the election timeout must be longer than the heartbeat")
+        if self.initial_cluster and self.join:
+            raise InvalidArgument("--initial-cluster bootstraps a new cluster and --join "
+                                  "joins a running one: give one of them")
+        if not 1 <= self.max_voters <= 99:
+            raise InvalidArgument("max_voters must be between 1 and 99")
+        if self.promote_lag < 0:
+            raise InvalidArgument("promote_lag must not be negative")
+        if not 0 < self.suspect_phi <= self.failed_phi:
+            raise InvalidArgument("thresholds must satisfy 0 < suspect_phi <= failed_phi")
 
     @property
     def node_id(self) -> int:
         return node_id_for(self.name)
 
     @property
+    def peer_address(self) -> str:
+        return f"{self.peer_host}:{self.peer_port}"
+
+    @property
+    def client_address(self) -> str:
+        return f"{self.client_host}:{self.client_port}"
+
+    @property
     def cluster_id(self) -> int:
+        """The id of the cluster the initial members bootstrap (0 without an initial
+        cluster: a joining node learns it from the cluster and keeps it in its data dir)."""
+        if not self.initial_cluster:
+            return 0
         names = ",".join(sorted(self.initial_cluster))
         return node_id_for(f"{self.cluster_token}/{names}")
 
@@ -107,4 +148,8 @@ def load_toml(path: Path) -> dict[str, Any]:
         raw["initial_cluster"] = parse_initial_cluster(raw["initial_cluster"])
     if "data_dir" in raw:
         raw["data_dir"] = Path(raw["data_dir"])
+    if isinstance(raw.get("join"), str):
+        raw["join"] = tuple(p.strip() for p in raw["join"].split(",") if p.strip())
+    elif isinstance(raw.get("join"), list):
+        raw["join"] = tuple(raw["join"])
     return raw

@@ -1,12 +1,28 @@
 """The node process: one member of a quorumkv cluster, wired together and run.
 
-Startup: claim the data directory (refusing one that belongs to another
-member or cluster), open the write-ahead log, the snapshot store and the
-state machine (restoring the state machine from the latest snapshot if it is
-behind it), bootstrap the log if this is a new member of a new cluster, then
-start the peer transport, the Raft group's task and the client port.
+Startup: with ``--join`` and an empty data directory, join the running
+cluster first (join.py). Claim the data directory (refusing one that
+belongs to another member or cluster, or to a removed member), open the
+write-ahead log, the snapshot store and the state machine (restoring the
+state machine from the latest snapshot if it is behind it), bootstrap the
+log if this is a new member of a new cluster, then start the peer
+transport, the Raft group's task and the client port.
 
-Shutdown (SIGTERM/SIGINT, or :meth:`Node.stop`): stop accepting client
+Peers. Where the other members are comes from the member registry the
+state machine keeps (kv/members.py), falling back to the initial cluster
+or, for a member that joined, to the members it was told of at joining.
+After every applied membership change the transport's peers are set to
+the configuration's members; a node that applies its own removal marks its
+data directory removed and stops.
+
+Health. Every frame from a peer is a heartbeat for the phi-accrual
+failure detector (cluster/failure_detector.py); a direction that carries
+no Raft traffic (followers to each other) gets a health ping every
+``health_interval_ms``. Status reports every member's health, role, phi,
+silence and replication lag as this node sees it and as the leader does.
+
+Shutdown (SIGTERM/SIGINT, or :meth:`Node.stop`): with
+``leave_on_shutdown``, leave the cluster first; then stop accepting client
 requests and finish those in flight, stop the group, close the transport and
 flush the log and the state machine.
 """
@@ -23,6 +39,8 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from quorumkv.client import protocol
+from quorumkv.client.protocol import StatusRequest
+from quorumkv.cluster.failure_detector import DetectorConfig, FailureDetector, Health
 from quorumkv.errors import (
     InconsistentData,
     InvalidArgument,
@@ -34,12 +52,17 @@ from quorumkv.errors import (
     Timeout,
 )
 from quorumkv.kv import Applied, Command, KVStore, Limits, RangeRequest, encode_command
+from quorumkv.kv.members import MemberRecord, encode_member
 from quorumkv.raft.config import RaftConfig
+from quorumkv.raft.entries import ConfState
 from quorumkv.raft.messages import InstallSnapshot, Message
 from quorumkv.raft.node import RaftNode
 from quorumkv.server.client_api import ClientServer
-from quorumkv.server.config import NodeConfig, node_id_for
+from quorumkv.server.config import NodeConfig, node_id_for, parse_address
 from quorumkv.server.data_dir import DataDir
+from quorumkv.server.join import join_cluster
+from quorumkv.server.member_status import member_statuses
+from quorumkv.server.membership import Membership
 from quorumkv.server.raft_group import RaftGroup
 from quorumkv.server.replicas import ReplicaClients
 from quorumkv.server.state_machine_io import restore_snapshot
@@ -61,12 +84,26 @@ class Node:
     def __init__(self, config: NodeConfig) -> None:
         self.config = config
         self.node_id = config.node_id
-        self.names = {node_id_for(n): n for n in config.initial_cluster}
-        self.names.setdefault(self.node_id, config.name)
+        self.cluster_id = config.cluster_id
+        """Known once the data directory is claimed (a joined member learns it there)."""
+        self.registry: dict[int, MemberRecord] = {}
+        """Every member's record: the replicated registry over the start-up fallback."""
+        self._fallback: dict[int, MemberRecord] = {}
+        self.conf = ConfState()
+        """The applied configuration."""
+        self._was_member = False
+        self.removed = False
+        self.membership = Membership(self)
+        self.detector = FailureDetector(DetectorConfig(
+            suspect_phi=config.suspect_phi, failed_phi=config.failed_phi,
+            max_silence=config.failed_after_s, acceptable_pause=config.acceptable_pause_s))
+        self._started_at = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
         self.data = DataDir(config.data_dir)
         self.limits = Limits(max_key_size=config.max_key_bytes,
                              max_value_size=config.max_value_bytes)
         self._stopped = asyncio.Event()
+        self._leaving_task: asyncio.Task[None] | None = None
         self._started = False
         self.group: RaftGroup | None = None
         self.transport: Any = None
@@ -79,7 +116,11 @@ class Node:
 
     def _open_storage(self) -> tuple[WriteAheadLog, KVStore, SnapshotStore]:
         cfg = self.config
-        new = self.data.claim(name=cfg.name, node_id=self.node_id, cluster_id=cfg.cluster_id)
+        new, info = self.data.claim(name=cfg.name, node_id=self.node_id,
+                                    cluster_id=cfg.cluster_id)
+        self.cluster_id = int(info["cluster_id"])
+        self._fallback = self._fallback_members(info)
+        joined = "join_peers" in info
         for d in (self.data.wal, self.data.snap, self.data.kv, self.data.scratch):
             d.mkdir(parents=True, exist_ok=True)
         wal = WriteAheadLog.open(self.data.wal)
@@ -90,14 +131,13 @@ class Node:
             log.info("state machine at %d is behind snapshot %d: restoring it",
                      kv.applied_index, latest.index)
             restore_snapshot(kv, snapshots, latest, self.data.scratch)
-        if new or (wal.last_index == 0 and wal.recovered.snapshot is None
-                   and wal.recovered.hard_state.term == 0):
+        if not joined and (new or (wal.last_index == 0 and wal.recovered.snapshot is None
+                                   and wal.recovered.hard_state.term == 0)):
             if not cfg.initial_cluster:
-                raise InvalidArgument("a new member needs --initial-cluster (joining an "
-                                      "existing cluster is not built yet)")
+                raise InvalidArgument("a new member needs --initial-cluster (to bootstrap "
+                                      "a new cluster) or --join (to join a running one)")
             ids = [node_id_for(n) for n in cfg.initial_cluster]
-            contexts = {node_id_for(n): f"{n}={h}:{p}".encode()
-                        for n, (h, p) in cfg.initial_cluster.items()}
+            contexts = {i: encode_member(self._fallback[i]) for i in ids}
             hs, entries = RaftNode.bootstrap_log(ids, contexts)
             wal.append(entries)
             wal.save_hard_state(hs)
@@ -107,17 +147,92 @@ class Node:
             log.info("bootstrapped a new cluster of %d members", len(ids))
         return wal, kv, snapshots
 
+    def _fallback_members(self, info: dict[str, Any]) -> dict[int, MemberRecord]:
+        """Members known before the registry is applied: the initial cluster, or the
+        members this node was told of when it joined."""
+        cfg = self.config
+        out: dict[int, MemberRecord] = {}
+        for name, (host, port) in cfg.initial_cluster.items():
+            client = cfg.client_address if name == cfg.name else cfg.client_addresses.get(name)
+            out[node_id_for(name)] = MemberRecord(name=name, peer_address=f"{host}:{port}",
+                                                  client_address=client)
+        peers = info.get("join_peers")
+        if isinstance(peers, dict):
+            for key, value in peers.items():
+                if (isinstance(value, list) and len(value) == 3 and key.isdigit()
+                        and isinstance(value[0], str) and isinstance(value[1], str)):
+                    client = value[2] if isinstance(value[2], str) else None
+                    out[int(key)] = MemberRecord(name=value[0], peer_address=value[1],
+                                                 client_address=client)
+        out.setdefault(self.node_id, MemberRecord(name=cfg.name, peer_address=cfg.peer_address,
+                                                  client_address=cfg.client_address))
+        return out
+
+    def _refresh_members(self) -> None:
+        """Take in an applied membership change: registry, peers, our own removal."""
+        assert self.kv is not None
+        conf = self.kv.conf_state
+        registry = dict(self._fallback)
+        for node_id, recorded in self.kv.members().items():
+            old = registry.get(node_id)
+            if recorded.client_address is None and old is not None and old.name == recorded.name:
+                # Records from the first logs carry no client address; the flags may.
+                recorded = replace(recorded, client_address=old.client_address)  # noqa: PLW2901
+            registry[node_id] = recorded
+        self.registry = registry
+        self.conf = conf
+        # Before anything is applied (a joining node), talk to whoever we were told of.
+        wanted = conf.members() if conf.members() else frozenset(registry)
+        if self.transport is not None:
+            for node_id in wanted:
+                peer = registry.get(node_id)
+                if node_id == self.node_id or peer is None:
+                    continue
+                try:
+                    host, port = parse_address(peer.peer_address)
+                except QuorumKVError:
+                    log.error("member %s has an unusable peer address %r", peer.name,
+                              peer.peer_address)
+                    continue
+                self.transport.set_peer(node_id, host, port)
+            linger = 2 * self.config.election_ticks * self.config.tick_ms / 1000
+            for node_id in list(self.transport.stats()):
+                if node_id not in wanted:
+                    # Not at once: the leader's last heartbeat to a removed member
+                    # (raft/membership.py) still has to go out.
+                    asyncio.get_running_loop().call_later(linger, self._forget_peer, node_id)
+        is_member = self.node_id in conf.members()
+        if self._was_member and not is_member and not self.removed:
+            self._on_removed()
+        self._was_member = is_member
+
+    def _forget_peer(self, node_id: int) -> None:
+        if node_id not in self.conf.members() and self.transport is not None:
+            self.transport.remove_peer(node_id)
+            self.detector.forget(node_id)
+
+    def _on_removed(self) -> None:
+        log.warning("this member (%s) was removed from the cluster; stopping",
+                    self.config.name)
+        self.removed = True
+        try:
+            self.data.mark_removed()
+        except QuorumKVError as e:
+            log.error("could not mark the data directory removed: %s", e.message)
+        self.stop()
+
     async def start(self) -> None:
         cfg = self.config
+        if cfg.join:
+            await join_cluster(cfg, self.data)
         wal, kv, snapshots = await asyncio.to_thread(self._open_storage)
         self.wal, self.kv = wal, kv
         self.transport = PeerTransport(
             node_id=self.node_id, listen_host=cfg.peer_host, listen_port=cfg.peer_port,
             on_message=self._on_peer_message, on_snapshot=self._on_peer_snapshot,
-            snapshot_store=snapshots, cluster_id=cfg.cluster_id)
-        for name, (host, port) in cfg.initial_cluster.items():
-            if name != cfg.name:
-                self.transport.set_peer(node_id_for(name), host, port)
+            on_arrival=self._on_peer_arrival, snapshot_store=snapshots,
+            cluster_id=self.cluster_id)
+        self._refresh_members()
         raft_config = RaftConfig(id=self.node_id, election_tick=cfg.election_ticks,
                                  heartbeat_tick=cfg.heartbeat_ticks)
         self.group = RaftGroup(node_id=self.node_id, group_id=0, raft_config=raft_config,
@@ -125,6 +240,8 @@ class Node:
                                tick_seconds=cfg.tick_ms / 1000,
                                snapshot_threshold=cfg.snapshot_threshold,
                                scratch_dir=self.data.scratch)
+        self.group.on_membership_change = self._refresh_members
+        self._started_at = asyncio.get_running_loop().time()
         await self.transport.start()
         self.client_server = ClientServer(self, host=cfg.client_host, port=cfg.client_port,
                                           max_frame=cfg.max_request_bytes, limits=self.limits)
@@ -140,9 +257,13 @@ class Node:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
+                loop.add_signal_handler(sig, self._on_signal)
         assert self.group is not None
         group_task = asyncio.create_task(self.group.run(), name="raft-group-0")
+        self._tasks = [
+            asyncio.create_task(self._ping_idle_peers(), name="health-pings"),
+            asyncio.create_task(self.membership.promote_caught_up_learners(),
+                                name="promote-learners")]
         stop_task = asyncio.create_task(self._stopped.wait())
         done, _ = await asyncio.wait({group_task, stop_task},
                                      return_when=asyncio.FIRST_COMPLETED)
@@ -154,8 +275,39 @@ class Node:
     def stop(self) -> None:
         self._stopped.set()
 
+    def _on_signal(self) -> None:
+        if not self.config.leave_on_shutdown or self.removed or self._leaving_task is not None:
+            self.stop()
+            return
+        self._leaving_task = asyncio.get_running_loop().create_task(self._leave_then_stop())
+
+    async def _leave_then_stop(self) -> None:
+        try:
+            await self.leave(token=self.config.cluster_token)
+        except QuorumKVError as e:
+            log.error("could not leave the cluster before stopping: %s", e.message)
+        self.stop()
+
+    async def leave(self, *, token: str) -> dict[str, Any]:
+        result = await self.membership.leave(token=token)
+        self.removed = True
+        await asyncio.to_thread(self.data.mark_removed)
+        # Answer first: the client server waits for in-flight requests when it closes.
+        asyncio.get_running_loop().call_soon(self.stop)
+        return result
+
+    async def _ping_idle_peers(self) -> None:
+        interval = self.config.health_interval_ms / 1000
+        while True:
+            await asyncio.sleep(interval / 2)
+            if self.transport is not None:
+                self.transport.ping_idle(interval)
+
     async def _shutdown(self, group_task: asyncio.Task[None]) -> None:
         log.info("shutting down: finishing in-flight requests")
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.client_server is not None:
             await self.client_server.close()
         assert self.group is not None
@@ -182,17 +334,44 @@ class Node:
         if self.group is not None:
             self.group.deliver_snapshot(m)
 
-    # -- the client service (server/client_api.KVService) -----------------------------
+    def _on_peer_arrival(self, sender: int) -> None:
+        self.detector.heartbeat(sender, asyncio.get_running_loop().time())
 
-    def _leader_error(self) -> NotLeader:
+    # -- who is who ----------------------------------------------------------------------
+
+    def name_of(self, node_id: int) -> str:
+        rec = self.registry.get(node_id)
+        return rec.name if rec is not None else str(node_id)
+
+    def leader_name(self) -> str | None:
         assert self.group is not None
         leader = self.group.raft.leader
-        name = self.names.get(leader)
-        address = self.config.client_addresses.get(name or "") if name else None
+        return self.name_of(leader) if leader else None
+
+    def peer_health(self, node_id: int) -> str:
+        """active, inactive or failed, as this node's failure detector sees ``node_id``."""
+        if node_id == self.node_id:
+            return "active"
+        now = asyncio.get_running_loop().time()
+        if self.detector.last_seen(node_id, now) is None:
+            # Not heard from yet: give a peer that just started, or us, a moment.
+            young = now - self._started_at < self.config.failed_after_s
+            return "inactive" if young else "failed"
+        return {Health.ACTIVE: "active", Health.INACTIVE: "inactive",
+                Health.FAILED: "failed"}[self.detector.health(node_id, now)]
+
+    # -- the client service (server/client_api.KVService) -----------------------------
+
+    def leader_error(self) -> NotLeader:
+        assert self.group is not None
+        leader = self.group.raft.leader
+        rec = self.registry.get(leader) if leader else None
+        name = rec.name if rec is not None else None
+        address = rec.client_address if rec is not None else None
         return NotLeader(f"not the leader; the leader is {name or 'unknown'}",
                          leader=leader or None, leader_name=name, leader_address=address)
 
-    def _header(self) -> dict[str, Any]:
+    def header(self) -> dict[str, Any]:
         assert self.group is not None and self.kv is not None
         return {"revision": self.kv.revision, "raft_term": self.group.raft.term,
                 "member": self.config.name, "applied_index": self.kv.applied_index}
@@ -203,7 +382,7 @@ class Node:
         if consistency not in WRITE_LEVELS:
             raise InvalidArgument(f"unknown write consistency {consistency!r}")
         if self.group.raft.leader != self.node_id:
-            raise self._leader_error()
+            raise self.leader_error()
         # With a client_id the entry is a Session: the state machine answers a
         # retry of (client_id, seq), even one sent to a later leader, with the
         # first attempt's outcome instead of applying it again (thesis §6.3).
@@ -214,7 +393,7 @@ class Node:
                 index = await asyncio.wait_for(self.group.propose(data, durable_only=True),
                                                timeout)
                 assert isinstance(index, int)
-                return protocol.durable_result(index, self._header())
+                return protocol.durable_result(index, self.header())
             outcome = await asyncio.wait_for(self.group.propose(data), timeout)
         except TimeoutError:
             raise QuorumNotReached(
@@ -224,7 +403,7 @@ class Node:
         assert isinstance(outcome, Applied)
         if consistency == "all":
             await self._confirm_on_all(outcome)
-        return protocol.write_result(outcome, self._header())
+        return protocol.write_result(outcome, self.header())
 
     async def range(self, req: RangeRequest, *, consistency: str,
                     min_revision: int, min_index: int = 0) -> dict[str, Any]:
@@ -248,7 +427,7 @@ class Node:
                                        ) from None
             raise Timeout(f"a {consistency} read could not be served in time") from None
         result = await asyncio.to_thread(self.kv.range, req)
-        return protocol.range_result(result, self._header())
+        return protocol.range_result(result, self.header())
 
     def _other_voters(self) -> dict[str, str | None]:
         """Every other voter's name and client address (None if unknown)."""
@@ -257,15 +436,15 @@ class Node:
         for member_id in self.group.raft.conf.voters:
             if member_id == self.node_id:
                 continue
-            name = self.names.get(member_id, str(member_id))
-            out[name] = self.config.client_addresses.get(name)
+            rec = self.registry.get(member_id)
+            out[self.name_of(member_id)] = rec.client_address if rec is not None else None
         return out
 
     async def _read_all(self, req: RangeRequest) -> dict[str, Any]:
         """Every voter answers at one read index and one revision; any difference is an alarm."""
         assert self.group is not None and self.kv is not None
         if self.group.raft.leader != self.node_id:
-            raise self._leader_error()
+            raise self.leader_error()
         timeout = self.config.request_timeout_s
         try:
             index = await asyncio.wait_for(self.group.read_index(), timeout)
@@ -276,7 +455,7 @@ class Node:
         # for the same point in history.
         pinned = replace(req, revision=req.revision or self.kv.revision)
         mine = protocol.range_result(await asyncio.to_thread(self.kv.range, pinned),
-                                     self._header())
+                                     self.header())
         answers = await self.replicas.read(self._other_voters(), pinned, index, timeout)
         failed = {n: a for n, a in answers.items() if isinstance(a, QuorumKVError)}
         if failed:
@@ -302,7 +481,7 @@ class Node:
                                    self.config.request_timeout_s)
         except TimeoutError:
             raise Timeout(f"index {index} was not applied here in time") from None
-        return {"header": self._header()}
+        return {"header": self.header()}
 
     async def _confirm_on_all(self, outcome: Applied) -> None:
         """An 'all' write: the entry is committed; wait until every voter has applied it."""
@@ -321,27 +500,53 @@ class Node:
         while self.kv.revision < revision:
             await self.group.wait_applied(self.kv.applied_index + 1)
 
-    async def status(self) -> dict[str, Any]:
+    async def status(self, *, local: bool = False) -> dict[str, Any]:
+        """This node's view of itself and every member; unless ``local``, also the
+        leader's view of the members (asked of the leader when it is another node)."""
         assert self.group is not None
         st = self.group.status()
-        members = []
-        for member_id in st.voters + st.learners:
-            name = self.names.get(member_id, str(member_id))
-            entry: dict[str, Any] = {"id": member_id, "name": name,
-                                     "voter": member_id in st.voters,
-                                     "client_address": self.config.client_addresses.get(name)}
-            if member_id in st.progress:
-                entry.update(st.progress[member_id])
-            members.append(entry)
-        node = asdict(st) | {"name": self.config.name}
+        node = asdict(st) | {"name": self.config.name, "cluster_id": self.cluster_id,
+                             "leaving": self.node_id in self.membership.leaving}
         node["progress"] = {str(k): v for k, v in st.progress.items()}
-        return {"node": node,
-                "leader": self.names.get(st.leader), "members": members,
-                "header": self._header()}
+        members = member_statuses(self)
+        out: dict[str, Any] = {"node": node, "leader": self.leader_name(), "members": members,
+                               "leader_view": None, "leader_view_error": None,
+                               "header": self.header()}
+        if local:
+            return out
+        leader = st.leader
+        if leader == self.node_id:
+            out["leader_view"] = {"name": self.config.name, "members": members}
+        elif not leader:
+            out["leader_view_error"] = "no leader is known"
+        else:
+            rec = self.registry.get(leader)
+            address = rec.client_address if rec is not None else None
+            name = self.name_of(leader)
+            answer = (await self.replicas.on_each(
+                {name: address}, StatusRequest(local=True),
+                min(2.0, self.config.request_timeout_s)))[name]
+            if isinstance(answer, QuorumKVError):
+                out["leader_view_error"] = f"{name}: {answer.message}"
+            else:
+                out["leader_view"] = {"name": name, "members": answer.get("members")}
+        return out
+
+    async def digest(self) -> dict[str, Any]:
+        assert self.kv is not None
+        kv = self.kv
+        applied, revision = kv.applied_index, kv.revision
+        digest = await asyncio.to_thread(kv.digest)
+        if kv.applied_index != applied:
+            # Entries were applied meanwhile: say so rather than mislabel the digest.
+            raise Timeout("the state machine changed while it was being digested; retry "
+                          "once writes have stopped")
+        return {"digest": digest, "applied_index": applied, "revision": revision,
+                "header": self.header()}
 
     def hello(self) -> dict[str, Any]:
         return {"name": self.config.name, "id": self.node_id,
-                "cluster_id": self.config.cluster_id, "protocol": 1}
+                "cluster_id": self.cluster_id, "protocol": 1}
 
 
 def run_node(config: NodeConfig) -> None:

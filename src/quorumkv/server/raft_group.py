@@ -35,8 +35,9 @@ from quorumkv.errors import (
     Timeout,
 )
 from quorumkv.kv import Applied, KVStore
+from quorumkv.kv.members import MembershipChange
 from quorumkv.raft.config import RaftConfig
-from quorumkv.raft.entries import SnapshotMeta
+from quorumkv.raft.entries import ConfChange, SnapshotMeta
 from quorumkv.raft.messages import InstallSnapshot, Message
 from quorumkv.raft.node import RaftNode
 from quorumkv.raft.ready import ReadState, Ready, Role
@@ -51,6 +52,12 @@ class _Proposal:
     data: bytes
     future: asyncio.Future[Applied | QuorumKVError]
     durable_future: asyncio.Future[int] | None = None
+
+
+@dataclass(slots=True)
+class _ConfProposal:
+    change: ConfChange
+    future: asyncio.Future[Applied | QuorumKVError]
 
 
 @dataclass(slots=True)
@@ -109,6 +116,7 @@ class RaftGroup:
                              entries=rec.entries, applied=applied)
         self._inbox: list[Message] = []
         self._proposals: list[_Proposal] = []
+        self._conf_proposals: list[_ConfProposal] = []
         self._reads: list[_Read] = []
         self._waiters: dict[int, _Waiter] = {}
         self._read_waiters: dict[bytes, asyncio.Future[int]] = {}
@@ -122,6 +130,8 @@ class RaftGroup:
         self._latest_snapshot: SnapshotMeta | None = snapshots.latest()
         self._stopping = False
         self.on_leader_change: Callable[[int], None] | None = None
+        self.on_membership_change: Callable[[], None] | None = None
+        """Called after a membership change or a snapshot was applied."""
 
     # -- input from other tasks ------------------------------------------------------
 
@@ -148,6 +158,20 @@ class RaftGroup:
         self._wakeup.set()
         if durable is not None:
             return await durable
+        outcome = await fut
+        if isinstance(outcome, QuorumKVError):
+            raise outcome
+        return outcome
+
+    async def propose_conf_change(self, change: ConfChange) -> Applied:
+        """Propose a membership change; returns once it is applied here.
+
+        Raises at once what the core refuses (NotLeader, ConfChangeInProgress,
+        InvalidArgument), and ProposalDropped if a new leader overwrote it.
+        """
+        fut: asyncio.Future[Applied | QuorumKVError] = asyncio.get_running_loop().create_future()
+        self._conf_proposals.append(_ConfProposal(change=change, future=fut))
+        self._wakeup.set()
         outcome = await fut
         if isinstance(outcome, QuorumKVError):
             raise outcome
@@ -189,6 +213,15 @@ class RaftGroup:
                 self.raft.advance(rd)
                 self._after_advance()
 
+    def transfer_leadership(self, to: int) -> None:
+        """Ask the core to hand leadership to ``to`` (errors are logged, not raised)."""
+        def transfer() -> None:
+            try:
+                self.raft.transfer_leadership(to)
+            except QuorumKVError as e:
+                log.info("leadership transfer to %d not started: %s", to, e.message)
+        self.call_soon(transfer)
+
     def stop(self) -> None:
         self._stopping = True
         self._wakeup.set()
@@ -211,6 +244,14 @@ class RaftGroup:
                 continue
             self._waiters[index] = _Waiter(term=term, future=p.future,
                                            durable_future=p.durable_future)
+        changes, self._conf_proposals = self._conf_proposals, []
+        for c in changes:
+            try:
+                term, index = self.raft.propose_conf_change(c.change)
+            except QuorumKVError as e:
+                self._fail(c.future, None, e)
+                continue
+            self._waiters[index] = _Waiter(term=term, future=c.future)
         reads, self._reads = self._reads, []
         for r in reads:
             self._read_waiters[r.context] = r.future
@@ -267,6 +308,14 @@ class RaftGroup:
                        Timeout("the outcome of this write is unknown: the node installed a "
                                "snapshot over it"))
         self._applied_event.set()
+        self._membership_changed()
+
+    def _membership_changed(self) -> None:
+        if self.on_membership_change is not None:
+            try:
+                self.on_membership_change()
+            except Exception:
+                log.exception("handling a membership change failed")
 
     async def _apply(self, rd: Ready) -> None:
         batch = payloads(rd.committed_entries, self.kv.conf_state)
@@ -284,6 +333,8 @@ class RaftGroup:
             elif isinstance(outcome, Applied) and not w.future.done():
                 w.future.set_result(outcome)
         self._applied_event.set()
+        if any(isinstance(p, MembershipChange) for _, _, p in batch):
+            self._membership_changed()
 
     def _release_read(self, rs: ReadState) -> None:
         fut = self._read_waiters.pop(rs.context, None)

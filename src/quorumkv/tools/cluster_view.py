@@ -6,6 +6,11 @@ matches its own. So the view asks any node for the membership, the leader
 for replication progress, and every member for its own state, all at once.
 A member that does not answer in time is shown as unreachable, not as an
 error: status is what an operator runs when something is wrong.
+
+How healthy each member looks (failure-detector status, phi, when it was last
+heard from) is the answering node's opinion; lag and what holds back a
+joining learner's promotion are the leader's knowledge, so where the answering
+node does not know them they come from the leader's own status.
 """
 
 from __future__ import annotations
@@ -38,6 +43,15 @@ class MemberView:
     match: int | None = None
     """How much of the leader's log this member is known to hold (leader's view)."""
     error: str | None = None
+    status: str | None = None
+    """active, inactive, failed, joining or leaving (the answering node's failure detector)."""
+    phi: float | None = None
+    last_seen: float | None = None
+    """Seconds since the answering node last heard from this member."""
+    lag: int | None = None
+    """Entries behind the leader's log."""
+    promotion: str | None = None
+    """Why this joining learner has not been promoted to voter yet."""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,12 +104,32 @@ async def cluster_view(endpoints: Sequence[str], timeout: float) -> ClusterView:
     return ClusterView(leader=leader, term=term, members=views)
 
 
+def _number(value: object) -> float | None:
+    # The status map is not checked field by field; a table must not crash on a stray value.
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return None
+
+
+def _health(member: dict[str, Any], progress: dict[str, Any]) -> dict[str, Any]:
+    """The health fields of ``member`` (an entry of the answering node's members)."""
+    lag = member.get("lag")
+    if lag is None:
+        lag = progress.get("lag")
+    promotion = member.get("promotion") or progress.get("promotion")
+    status = member.get("status")
+    return {"status": status if isinstance(status, str) else None,
+            "phi": _number(member.get("phi")), "last_seen": _number(member.get("last_seen")),
+            "lag": lag if type(lag) is int else None,
+            "promotion": promotion if isinstance(promotion, str) else None}
+
+
 def _member_view(member: dict[str, Any], answer: dict[str, Any] | QuorumKVError,
                  progress: dict[str, Any] | None) -> MemberView:
     common: dict[str, Any] = {
         "name": str(member.get("name")), "id": int(member.get("id") or 0),
         "voter": bool(member.get("voter")), "address": member.get("client_address"),
-        "match": (progress or {}).get("match")}
+        "match": (progress or {}).get("match"), **_health(member, progress or {})}
     if isinstance(answer, QuorumKVError):
         return MemberView(**common, reachable=False, role="unreachable", error=answer.message)
     node = answer.get("node") or {}

@@ -24,6 +24,21 @@ jitter (so peers that lost each other at the same moment do not reconnect in
 lock step), reset once a connection proves stable. Messages keep queueing
 while it is down.
 
+Liveness
+--------
+The node runs a failure detector (cluster/failure_detector.py) fed by
+``on_arrival(sender)``, called for every well-formed frame a peer sends after
+its handshake: Raft messages, snapshot frames, resume answers and pings. It
+is called once the frame has been handled, so a frame that closes the
+connection as malformed never counts as a sign of health. Raft heartbeats
+already flow from a leader to its followers; every other direction would be
+silent between elections, so the node calls ``ping_idle(interval)`` every
+interval and each link to which nothing was enqueued for that long gets a
+ping. A link whose queue still holds frames is not pinged: they prove the
+same thing once they arrive, and pings piling up behind a dead peer would
+reach it as one burst, which a detector would read as a peer that suddenly
+speaks every microsecond.
+
 Wire format
 -----------
 Every frame is length-prefixed (framing.py). The first frame on a connection
@@ -42,6 +57,7 @@ connection with a warning. Every later frame starts with a one-byte tag::
     2 SNAPSHOT_CHUNK  msgpack [group, term, index, offset, data, done]
     3 SNAPSHOT_RESUME msgpack [group, term, index, offset]: the receiver of a
                       SNAPSHOT_BEGIN tells its sender where to start streaming
+    4 PING            empty: "I am alive"; only feeds on_arrival, never answered
 
 (snapshot_stream.py describes a transfer.) SNAPSHOT_RESUME is an answer, so
 it travels like any reply: on the receiver's own outbound link to the
@@ -50,8 +66,12 @@ seconds before streaming from 0, writing queued messages meanwhile; one that
 names no snapshot the link is waiting on is ignored. (A node without tag 3
 never answers, so its senders stream from 0 after the wait; it would close an
 answer's connection as an unknown tag, and the answering link reconnects.)
+Likewise a node without tag 4 closes a connection that carries a ping as an
+unknown tag; the pinging link reconnects after its backoff, and whatever it
+wrote after the ping is lost, as on any broken connection.
 
-Any frame that is oversized, malformed, of an unknown tag, or whose message
+Any frame that is oversized, malformed (a ping with a body included), of an
+unknown tag, or whose message
 claims another sender than the handshake's, closes that connection with a
 warning; the listener keeps serving every other. A well-formed message
 addressed to another node id is dropped and counted (``misdirected``): after
@@ -102,6 +122,7 @@ TAG_MESSAGE = 0
 TAG_SNAPSHOT_BEGIN = 1
 TAG_SNAPSHOT_CHUNK = 2
 TAG_SNAPSHOT_RESUME = 3
+TAG_PING = 4
 
 DEFAULT_MAX_QUEUE = 4096
 _MAX_BATCH = 1 << 20
@@ -112,6 +133,10 @@ _STABLE_AFTER = 1.0
 """Seconds a connection must live before the reconnect backoff starts over. Resetting on
 mere connect would let a listener that accepts and then rejects us (wrong cluster id) be
 hammered every few milliseconds."""
+
+
+_PING_FRAME = encode_frame(bytes((TAG_PING,)))
+"""Every ping is this very object, so a link tells its pings apart by identity."""
 
 
 def encode_handshake(cluster_id: int, node_id: int) -> bytes:
@@ -127,9 +152,13 @@ class PeerStats:
     port: int
     connected: bool
     queued: int
+    """Frames waiting in the queue (pings included)."""
     sent: int
+    """Messages and snapshot resume answers written to the connection (pings not)."""
+    pings_sent: int
+    """Pings written to the connection."""
     dropped: int
-    """Messages dropped because the queue was full."""
+    """Frames dropped because the queue was full."""
     failures: int
     """Connection attempts that failed plus connections that broke."""
     snapshot_bytes: int
@@ -189,16 +218,20 @@ class _PeerLink:
         """The last attempt failed: further failures are logged quietly until one succeeds."""
         self.task: asyncio.Task[None] | None = None
         self.connected = False
-        self.sent = self.dropped = self.failures = self.snapshot_bytes = 0
+        self.sent = self.pings_sent = self.dropped = self.failures = self.snapshot_bytes = 0
+        self.last_enqueued: float | None = None
+        """Loop time of the last frame or snapshot enqueued; None if none ever was."""
 
     def stats(self) -> PeerStats:
         return PeerStats(host=self.host, port=self.port, connected=self.connected,
-                         queued=len(self._queue), sent=self.sent, dropped=self.dropped,
-                         failures=self.failures, snapshot_bytes=self.snapshot_bytes)
+                         queued=len(self._queue), sent=self.sent, pings_sent=self.pings_sent,
+                         dropped=self.dropped, failures=self.failures,
+                         snapshot_bytes=self.snapshot_bytes)
 
     # -- called by the transport (on the loop) --------------------------------------------
 
     def enqueue(self, frame: bytes) -> None:
+        self.last_enqueued = asyncio.get_running_loop().time()
         if len(self._queue) >= self._cfg.max_queue:
             self._queue.popleft()
             self.dropped += 1
@@ -211,8 +244,18 @@ class _PeerLink:
         self._wakeup.set()
 
     def enqueue_snapshot(self, job: OutboundSnapshot) -> None:
+        self.last_enqueued = asyncio.get_running_loop().time()
         self._snapshots.append(job)
         self._wakeup.set()
+
+    def ping_if_idle(self, now: float, interval: float) -> bool:
+        """Enqueue a ping if nothing was enqueued for ``interval`` seconds and nothing
+        waits in the queue; True if it did."""
+        if self._queue or (self.last_enqueued is not None
+                           and now - self.last_enqueued < interval):
+            return False
+        self.enqueue(_PING_FRAME)
+        return True
 
     def resume(self, group: int, term: int, index: int, offset: int) -> None:
         """The peer's answer to a snapshot begin: stream from ``offset``. Ignored unless it
@@ -319,12 +362,13 @@ class _PeerLink:
             parts: list[bytes] = []
             job = await self._next_snapshot_frame(parts)
             # Messages are taken after the (threaded) chunk read, so they wait no longer.
-            batch = self._take_batch(parts)
+            batch, pings = self._take_batch(parts)
             if parts:
                 writer.write(b"".join(parts))
                 async with asyncio.timeout(self._cfg.write_timeout):
                     await writer.drain()
-                self.sent += batch
+                self.sent += batch - pings
+                self.pings_sent += pings
             if job is not None:
                 self.snapshot_bytes += job.last_chunk_bytes
                 if job.sent_all:
@@ -347,18 +391,21 @@ class _PeerLink:
             async with asyncio.timeout_at(deadline):
                 await self._wakeup.wait()
 
-    def _take_batch(self, parts: list[bytes]) -> int:
-        """Move queued frames to ``parts`` (at least one, up to _MAX_BATCH bytes)."""
+    def _take_batch(self, parts: list[bytes]) -> tuple[int, int]:
+        """Move queued frames to ``parts`` (at least one, up to _MAX_BATCH bytes); return
+        how many frames moved and how many of them are pings."""
         queue = self._queue
-        size = count = 0
+        size = count = pings = 0
         while queue and (count == 0 or size + len(queue[0]) <= _MAX_BATCH):
             frame = queue.popleft()
             parts.append(frame)
             size += len(frame)
             count += 1
+            if frame is _PING_FRAME:
+                pings += 1
         if not queue:
             self._overflowing = False
-        return count
+        return count, pings
 
     async def _next_snapshot_frame(self, parts: list[bytes]) -> OutboundSnapshot | None:
         """Append the next frames of the snapshot transfer, if any, to ``parts``: one chunk
@@ -420,6 +467,7 @@ class PeerTransport:
     def __init__(self, *, node_id: int, listen_host: str, listen_port: int,
                  on_message: Callable[[Message], None],
                  on_snapshot: Callable[[InstallSnapshot, Path], None] | None = None,
+                 on_arrival: Callable[[int], None] | None = None,
                  snapshot_store: SnapshotStore | None = None,
                  max_frame: int = 16 << 20, cluster_id: int = 0,
                  max_queue: int = DEFAULT_MAX_QUEUE,
@@ -438,6 +486,7 @@ class PeerTransport:
         self._port = listen_port
         self._on_message = on_message
         self._on_snapshot = on_snapshot
+        self._on_arrival = on_arrival
         self._store = snapshot_store
         self._max_frame = max_frame
         self._cluster_id = cluster_id
@@ -463,6 +512,8 @@ class PeerTransport:
         """Inbound messages dropped because they were addressed to another node id."""
         self.unknown_destination = 0
         """Outbound messages dropped because no address is known for their destination."""
+        self.pings_received = 0
+        """Well-formed pings received from every peer."""
 
     @property
     def port(self) -> int:
@@ -561,6 +612,17 @@ class PeerTransport:
             return
         link.enqueue_snapshot(OutboundSnapshot(m, store, on_done, self._cfg.chunk_size))
 
+    def ping_idle(self, interval: float) -> list[int]:
+        """Enqueue a ping on every link to which nothing (message, snapshot, ping) was
+        enqueued for at least ``interval`` seconds of the loop's clock (a new link: ever),
+        unless frames still wait in its queue; return the peers pinged. The node calls it
+        every ``interval`` so that each direction carries something its peer's failure
+        detector can time: Raft heartbeats where they flow, a ping otherwise."""
+        if self._closed:
+            return []
+        now = asyncio.get_running_loop().time()
+        return [peer for peer, link in self._links.items() if link.ping_if_idle(now, interval)]
+
     def unreachable(self) -> set[int]:
         """Peers whose connection failed (or could not be made) since the last call."""
         out, self._unreachable = self._unreachable, set()
@@ -601,9 +663,18 @@ class PeerTransport:
                 raise ProtocolError("connection closed during the handshake") from None
             self._register(writer, sender)
             decoder = FrameDecoder(self._max_frame)
+            on_arrival = self._on_arrival
             while data := await reader.read(_READ_SIZE):
                 for frame in decoder.feed(data):
                     await self._dispatch(frame, sender, snapshots)
+                    # Only now: a frame that closes the connection as malformed (raised
+                    # above) is no sign that the peer is healthy.
+                    if on_arrival is not None:
+                        try:
+                            on_arrival(sender)
+                        except Exception:
+                            # A bug in the detector must not cut a healthy peer's connection.
+                            log.exception("on_arrival failed for node %d", sender)
             log.debug("node %s closed its connection to us", sender)
         except ProtocolError as e:
             log.warning("closing peer connection from %s (node %s): %s", peer, sender, e)
@@ -650,6 +721,11 @@ class PeerTransport:
         if not frame:
             raise ProtocolError("empty frame")
         tag, body = frame[0], frame[1:]
+        if tag == TAG_PING:
+            if body:
+                raise ProtocolError(f"a ping carries no body, this one {len(body)} bytes")
+            self.pings_received += 1
+            return
         if tag == TAG_SNAPSHOT_CHUNK:
             await snapshots.chunk(decode_chunk(body))
             return
