@@ -180,6 +180,12 @@ def test_replace_a_killed_member_with_a_new_one(tmp_path: Path) -> None:
         assert names == sorted({"n1", "n2", "n3", "n4"} - {victim.name})
         assert set(members(cluster)) == set(names)
         check_no_write_lost_and_replicas_identical(cluster, writer, names)
+        # The dead member comes back with its old directory: it never saw its removal,
+        # finds out from the others and stops instead of lingering.
+        victim.start()
+        assert victim.proc is not None and victim.proc.wait(timeout=120) == 0
+        assert "does not list us as a member" in victim.log_path.read_text()
+        assert set(members(cluster)) == set(names)
 
 
 def test_remove_the_current_leader(tmp_path: Path) -> None:

@@ -39,7 +39,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from quorumkv.client import protocol
-from quorumkv.client.protocol import StatusRequest
+from quorumkv.client.protocol import MemberListRequest, StatusRequest
 from quorumkv.cluster.failure_detector import DetectorConfig, FailureDetector, Health
 from quorumkv.errors import (
     InconsistentData,
@@ -263,7 +263,8 @@ class Node:
         self._tasks = [
             asyncio.create_task(self._ping_idle_peers(), name="health-pings"),
             asyncio.create_task(self.membership.promote_caught_up_learners(),
-                                name="promote-learners")]
+                                name="promote-learners"),
+            asyncio.create_task(self._watch_for_removal(), name="removal-watch")]
         stop_task = asyncio.create_task(self._stopped.wait())
         done, _ = await asyncio.wait({group_task, stop_task},
                                      return_when=asyncio.FIRST_COMPLETED)
@@ -295,6 +296,46 @@ class Node:
         # Answer first: the client server waits for in-flight requests when it closes.
         asyncio.get_running_loop().call_soon(self.stop)
         return result
+
+    async def _watch_for_removal(self) -> None:
+        """Stop if the cluster removed us while we were away.
+
+        A member removed while it was down (or that missed the leader's last
+        heartbeat) never applies its removal: nobody sends it anything any
+        more, so it sees no leader. After a long leaderless spell it asks the
+        others; if one that knows a leader lists the members without us, we
+        were removed.
+        """
+        cfg = self.config
+        patience = max(10.0, 10 * cfg.election_ticks * cfg.tick_ms / 1000)
+        leaderless_since: float | None = None
+        loop = asyncio.get_running_loop()
+        while not self.removed:
+            await asyncio.sleep(patience / 4)
+            assert self.group is not None
+            if self.group.raft.leader:
+                leaderless_since = None
+                continue
+            now = loop.time()
+            if leaderless_since is None:
+                leaderless_since = now
+            if now - leaderless_since < patience:
+                continue
+            others = {r.name: r.client_address for i, r in self.registry.items()
+                      if i != self.node_id}
+            answers = await self.replicas.on_each(others, MemberListRequest(), 2.0)
+            for name, answer in answers.items():
+                if isinstance(answer, QuorumKVError) or not answer.get("leader"):
+                    continue
+                listed = answer.get("members")
+                if (isinstance(listed, list) and answer.get("cluster_id") == self.cluster_id
+                        and all(isinstance(m, dict) and m.get("id") != self.node_id
+                                for m in listed)):
+                    log.warning("%s, which knows leader %s, does not list us as a member",
+                                name, answer.get("leader"))
+                    self._on_removed()
+                    return
+            leaderless_since = now
 
     async def _ping_idle_peers(self) -> None:
         interval = self.config.health_interval_ms / 1000
