@@ -85,3 +85,14 @@ def test_a_foreign_or_damaged_directory_is_refused(tmp_path: Path) -> None:
     (damaged / "member.json").write_text("{not json")
     with pytest.raises(DataDirError, match="unreadable"):
         DataDir(damaged).claim(name="n1", node_id=1, cluster_id=7)
+
+
+def test_cluster_ids_differ_by_token_names_and_addresses(tmp_path: Path) -> None:
+    def cid(initial: str, token: str = "quorumkv") -> int:
+        return NodeConfig(name="n1", data_dir=tmp_path, cluster_token=token,
+                          initial_cluster=parse_initial_cluster(initial)).cluster_id
+    base = "n1=127.0.0.1:7001,n2=127.0.0.1:7002"
+    assert cid(base) == cid("n2=127.0.0.1:7002,n1=127.0.0.1:7001")  # order does not matter
+    assert len({cid(base), cid(base, "other"), cid("n1=127.0.0.1:7001,n3=127.0.0.1:7002"),
+                cid("n1=127.0.0.1:8001,n2=127.0.0.1:8002")}) == 4
+    assert NodeConfig(name="n4", data_dir=tmp_path, join=("127.0.0.1:7101",)).cluster_id == 0

@@ -21,7 +21,8 @@ duplicate from the first attempt's result (thesis §6.3). Whether a write was
 ever handed to a socket, and how each attempt ended, decide what running out
 of time means: never sent, or only ever refused by a node (NotLeader,
 ProposalDropped), it surely did not happen (NetworkError, UnavailableError);
-otherwise its outcome is unknown (Timeout).
+otherwise its outcome is unknown (Timeout). Any request that never reached a node
+fails with NetworkError.
 """
 
 from __future__ import annotations
@@ -123,16 +124,16 @@ class RetryingCaller:
             raise NetworkError("the client is closed")
         why = f" (last error: {last.message})" if last is not None else ""
         within = f"within {self._timeout:g}s"
+        if not sent:
+            raise NetworkError(f"could not reach the cluster {within}; the request was never "
+                               f"sent{why}")
         if not isinstance(req, WriteRequest):
             raise Timeout(f"no answer {within}{why}")
         if maybe_applied:
             raise Timeout(f"write not confirmed {within}; its outcome is unknown: it may or "
                           f"may not have been applied{why}", outcome="unknown")
-        if sent:
-            raise UnavailableError(f"no node accepted the write {within}; it was not "
-                                   f"applied{why}")
-        raise NetworkError(f"could not reach the cluster {within}; the write was never sent, "
-                           f"so it was not applied{why}")
+        raise UnavailableError(f"no node accepted the write {within}; it was not "
+                               f"applied{why}")
 
     async def _drop(self, conn: Connection, go_to: Endpoint | None) -> None:
         """Stop using ``conn``: go to ``go_to`` or else the next endpoint.

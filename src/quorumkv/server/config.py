@@ -79,8 +79,11 @@ class NodeConfig:
     failed_phi: float = 16.0
     failed_after_s: float = 10.0
     """A peer silent this long is failed whatever phi says."""
-    acceptable_pause_s: float = 1.0
+    acceptable_pause_s: float = 0.5
     """A pause this long (a busy core, a slow disk) is not suspicious in itself."""
+    min_heartbeat_std_s: float = 0.25
+    """Floor on the spread of heartbeat intervals the detector assumes: with perfectly
+    regular heartbeats phi would leap from 0 to its cap within a few milliseconds."""
     health_interval_ms: int = 200
     """A peer that sent nothing else for this long sends a health ping."""
     tick_ms: int = 100
@@ -108,6 +111,10 @@ class NodeConfig:
             raise InvalidArgument("promote_lag must not be negative")
         if not 0 < self.suspect_phi <= self.failed_phi:
             raise InvalidArgument("thresholds must satisfy 0 < suspect_phi <= failed_phi")
+        if (self.min_heartbeat_std_s <= 0 or self.acceptable_pause_s < 0
+                or self.failed_after_s <= 0 or self.health_interval_ms <= 0):
+            raise InvalidArgument("min_heartbeat_std_s, failed_after_s and health_interval_ms "
+                                  "must be positive, acceptable_pause_s not negative")
 
     @property
     def node_id(self) -> int:
@@ -127,8 +134,10 @@ class NodeConfig:
         cluster: a joining node learns it from the cluster and keeps it in its data dir)."""
         if not self.initial_cluster:
             return 0
-        names = ",".join(sorted(self.initial_cluster))
-        return node_id_for(f"{self.cluster_token}/{names}")
+        # Every initial member computes the same id without talking to the others.
+        # The addresses make two clusters of the same names and token differ.
+        members = ",".join(f"{n}={h}:{p}" for n, (h, p) in sorted(self.initial_cluster.items()))
+        return node_id_for(f"{self.cluster_token}/{members}")
 
     def with_overrides(self, **changes: Any) -> NodeConfig:
         return replace(self, **changes)

@@ -96,7 +96,8 @@ class Node:
         self.membership = Membership(self)
         self.detector = FailureDetector(DetectorConfig(
             suspect_phi=config.suspect_phi, failed_phi=config.failed_phi,
-            max_silence=config.failed_after_s, acceptable_pause=config.acceptable_pause_s))
+            max_silence=config.failed_after_s, acceptable_pause=config.acceptable_pause_s,
+            min_std=config.min_heartbeat_std_s))
         self._started_at = 0.0
         self._tasks: list[asyncio.Task[None]] = []
         self.data = DataDir(config.data_dir)
