@@ -170,7 +170,7 @@ def test_bad_input_is_one_error_line_and_exit_1(cluster: Cluster) -> None:
     failed(cli(eps, "get", "k", "--revision", str(2**40)), "invalid_argument")
     # Nobody listens on a port just handed out and closed again.
     (port,) = free_ports(1)
-    failed(cli(f"127.0.0.1:{port}", "get", "k", "--timeout", "1"), "timeout")
+    failed(cli(f"127.0.0.1:{port}", "get", "k", "--timeout", "1"), "network_error")
 
 
 def test_txn_syntax() -> None:
