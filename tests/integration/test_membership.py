@@ -263,3 +263,18 @@ def test_a_learner_registered_first_joins_later_and_is_promoted_by_hand(
             c.put(b"after", b"promotion")
         check_no_write_lost_and_replicas_identical(
             cluster, Writer([]), ["n1", "n2", "n3", "n4"])
+
+
+def test_the_leader_leaves_by_handing_over_leadership_first(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as cluster:
+        leader = cluster.node(cluster.leader_name())
+        with writing(cluster) as writer:
+            out = cli(cluster, "leave", endpoints=[leader.client_address]).stdout
+            assert f"{leader.name} left the cluster" in out
+            writer.wait_for(len(writer.acked) + 20)
+        assert leader.proc is not None and leader.proc.wait(timeout=60) == 0
+        log = leader.log_path.read_text()
+        assert "handing leadership over" in log
+        rest = sorted(n.name for n in cluster.nodes if n is not leader)
+        assert members(cluster) == dict.fromkeys(rest, True)
+        check_no_write_lost_and_replicas_identical(cluster, writer, rest)
