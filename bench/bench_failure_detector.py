@@ -40,6 +40,7 @@ from quorumkv.errors import QuorumKVError
 from quorumkv.server.config import NodeConfig
 
 THRESHOLDS = ("suspect_phi", "failed_phi", "failed_after_s", "acceptable_pause_s",
+              "min_heartbeat_std_s",
               "health_interval_ms", "tick_ms")
 TICK_MS = 100
 VALUE = b"v" * 128

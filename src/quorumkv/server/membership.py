@@ -198,10 +198,13 @@ class Membership:
         self._require_leader()
         node_id, rec = self._find(name)
         if node_id not in self.node.conf.voters:
-            reason = self.promotion_blocker(node_id, ignore_health=False)
+            if len(self.node.conf.voters) >= self.node.config.max_voters:
+                raise ClusterFull(f"cannot promote {name}: the cluster has the maximum of "
+                                  f"{self.node.config.max_voters} voters",
+                                  max_voters=self.node.config.max_voters)
+            reason = self.promotion_blocker(node_id)
             if reason is not None:
-                cls = ClusterFull if reason.startswith("the cluster has") else LearnerNotReady
-                raise cls(f"cannot promote {name}: {reason}")
+                raise LearnerNotReady(f"cannot promote {name}: {reason}")
             async with self._change():
                 await self._promote(node_id, rec)
         return {"member": self.member_wire(node_id), "members": self.members_wire(),
@@ -214,7 +217,7 @@ class Membership:
         await self._propose(ConfChange(type=ConfChangeType.ADD_VOTER, node_id=node_id,
                                        context=encode_member(voter)))
 
-    def promotion_blocker(self, node_id: int, *, ignore_health: bool = False) -> str | None:
+    def promotion_blocker(self, node_id: int) -> str | None:
         """Why the learner ``node_id`` cannot become a voter now; None if it can."""
         node, group = self.node, self.node.group
         assert group is not None
@@ -233,10 +236,9 @@ class Membership:
         if lag > node.config.promote_lag:
             return (f"it is {lag} entries behind the leader (at most "
                     f"{node.config.promote_lag} allowed)")
-        if not ignore_health:
-            status = node.peer_health(node_id)
-            if status != "active":
-                return f"it has not been heard from recently (it is {status})"
+        status = node.peer_health(node_id)
+        if status != "active":
+            return f"it has not been heard from recently (it is {status})"
         return None
 
     async def remove(self, name: str, *, token: str) -> dict[str, Any]:

@@ -98,7 +98,9 @@ class Node:
             suspect_phi=config.suspect_phi, failed_phi=config.failed_phi,
             max_silence=config.failed_after_s, acceptable_pause=config.acceptable_pause_s,
             min_std=config.min_heartbeat_std_s))
-        self._started_at = 0.0
+        self._known_since: dict[int, float] = {}
+        """When each member first appeared here: a grace period before it is "failed"
+        for never having been heard from."""
         self._tasks: list[asyncio.Task[None]] = []
         self.data = DataDir(config.data_dir)
         self.limits = Limits(max_key_size=config.max_key_bytes,
@@ -182,6 +184,9 @@ class Node:
             registry[node_id] = recorded
         self.registry = registry
         self.conf = conf
+        now = asyncio.get_running_loop().time()
+        for node_id in conf.members():
+            self._known_since.setdefault(node_id, now)
         # Before anything is applied (a joining node), talk to whoever we were told of.
         wanted = conf.members() if conf.members() else frozenset(registry)
         if self.transport is not None:
@@ -211,6 +216,7 @@ class Node:
         if node_id not in self.conf.members() and self.transport is not None:
             self.transport.remove_peer(node_id)
             self.detector.forget(node_id)
+            self._known_since.pop(node_id, None)
 
     def _on_removed(self) -> None:
         log.warning("this member (%s) was removed from the cluster; stopping",
@@ -242,7 +248,6 @@ class Node:
                                snapshot_threshold=cfg.snapshot_threshold,
                                scratch_dir=self.data.scratch)
         self.group.on_membership_change = self._refresh_members
-        self._started_at = asyncio.get_running_loop().time()
         await self.transport.start()
         self.client_server = ClientServer(self, host=cfg.client_host, port=cfg.client_port,
                                           max_frame=cfg.max_request_bytes, limits=self.limits)
@@ -396,9 +401,9 @@ class Node:
             return "active"
         now = asyncio.get_running_loop().time()
         if self.detector.last_seen(node_id, now) is None:
-            # Not heard from yet: give a peer that just started, or us, a moment.
-            young = now - self._started_at < self.config.failed_after_s
-            return "inactive" if young else "failed"
+            # Not heard from yet: give a peer that is just starting, or us, a moment.
+            known = self._known_since.get(node_id, now)
+            return "inactive" if now - known < self.config.failed_after_s else "failed"
         return {Health.ACTIVE: "active", Health.INACTIVE: "inactive",
                 Health.FAILED: "failed"}[self.detector.health(node_id, now)]
 
