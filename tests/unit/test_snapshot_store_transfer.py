@@ -131,7 +131,9 @@ def test_damaged_transfer_fails_the_final_check(leader: SnapshotStore,
     with leader.open_reader(META) as reader:
         chunks = list(reader.read_chunks(10_000))
     for c in chunks[:-1]:
-        data = c.data if c.offset != 10_000 else c.data[:50] + b"X" + c.data[51:]
+        # Flip the byte rather than overwrite it: a random image may already hold any value.
+        data = (c.data if c.offset != 10_000
+                else c.data[:50] + bytes([c.data[50] ^ 0xFF]) + c.data[51:])
         receiver.write_chunk(c.offset, data, c.done)
     last = chunks[-1]
     with pytest.raises(CorruptSnapshot, match="checksum mismatch"):
