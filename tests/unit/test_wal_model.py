@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from quorumkv.raft.entries import ConfState, Entry, HardState, SnapshotMeta
@@ -56,8 +56,18 @@ def check(wal: WriteAheadLog, model: Model) -> None:
     assert wal.last_index == model.last_index
 
 
+# Found by this test: a repeated older snapshot marker (a segment header's copy) after
+# entries whose predecessors were released must not wipe them on recovery.
+_RELEASED_UNDER_A_LATER_MARKER = [
+    *[("append", 0, 1, 1, 0)] * 4, ("snapshot", 0, 1), *[("append", 0, 1, 1, 0)] * 5,
+    ("snapshot", 0, 1), ("snapshot", 7, 1), ("append", 0, 1, 1, 0), ("snapshot", 0, 1),
+    ("release", 0)]
+
+
 @settings(max_examples=100, deadline=None)
 @given(ops)
+@example(_RELEASED_UNDER_A_LATER_MARKER)
+@example(_RELEASED_UNDER_A_LATER_MARKER[:-2] + [("release", 0)])
 def test_log_matches_model(operations: list[tuple[object, ...]]) -> None:
     with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
         # What is checked here is the log's logic; fsync would only add disk time.

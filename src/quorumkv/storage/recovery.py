@@ -12,7 +12,10 @@ The rules (the live log in wal.py obeys the same ones when it writes):
   leader of term >= T holds the committed entry at S and could not have
   appended after a different one). Keeping those would give the restarted
   node a last term below T and let it vote for a candidate missing the
-  committed entry at S. Markers never go backwards.
+  committed entry at S. Markers never go backwards, but one may repeat an
+  older index (a segment header, a snapshot saved twice) after entries that
+  begin beyond it because their predecessors were released: those entries
+  stand.
 * An entry record at index i replaces every entry >= i (Raft's conflict
   resolution, thesis §3.5) and must land right after the last live entry;
   anything else is a gap, hence corruption.
@@ -109,9 +112,13 @@ class LogReplay:
         entries = self.entries
         if entries and entries[0].index <= meta.index:
             del entries[:meta.index - entries[0].index + 1]
-        if entries and (entries[0].index != meta.index + 1 or entries[0].term < meta.term):
+        if entries and entries[0].index == meta.index + 1 and entries[0].term < meta.term:
             # A log the leader's snapshot replaced (see the module docstring).
             entries.clear()
+        # Entries that start further on are not contradicted: the segments before
+        # them were released under a later marker, which a later record repeats
+        # (here we only met an older copy, e.g. a segment's header); finish()
+        # still refuses a log that really starts after a gap.
 
     def finish(self, torn: TornTail | None) -> RecoveredState:
         if self.entries and self.entries[0].index > self.snapshot_index + 1:
