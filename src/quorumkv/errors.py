@@ -10,14 +10,16 @@ grouped by whose fault they are and what the caller may do about it::
      │    │    └── SeqTooOld          a retried write older than its client's window
      │    ├── KeyTooLarge
      │    ├── ValueTooLarge
-     │    └── Compacted              asked for history older than compaction
+     │    ├── Compacted              asked for history older than compaction
+     │    └── LeaseNotFound          no lease with that id (never granted, or revoked)
      ├── UnavailableError            the cluster cannot serve it now; may retry
      │    ├── NotLeader              carries a hint of who the leader is
      │    ├── ProposalDropped        the proposal never entered the log
      │    ├── LeadershipTransferInProgress
      │    ├── Timeout                outcome unknown: the write may have happened
      │    │    └── QuorumNotReached   a majority did not confirm in time
-     │    └── NetworkError
+     │    ├── NetworkError
+     │    └── WatchCanceled          a watch ended by the node (too slow a reader)
      ├── ConsistencyError            the requested consistency could not be met
      │    ├── ReplicaReadFailed
      │    ├── ReplicaWriteFailed     the write IS committed; not every voter applied
@@ -91,6 +93,12 @@ class Compacted(RequestError):
         self.compact_revision = compact_revision
 
 
+class LeaseNotFound(RequestError):
+    """A lease id that is not granted: never granted, or already revoked."""
+
+    code = "lease_not_found"
+
+
 class UnavailableError(QuorumKVError):
     code = "unavailable"
 
@@ -123,6 +131,13 @@ class QuorumNotReached(Timeout):
 
 class NetworkError(UnavailableError):
     code = "network_error"
+
+
+class WatchCanceled(UnavailableError):
+    """The node ended a watch: its reader was too slow, or it was cancelled. Watch again
+    from the revision after the last one received."""
+
+    code = "watch_canceled"
 
 
 class ConsistencyError(QuorumKVError):

@@ -10,6 +10,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quorumkv.client.coordination_wire import (
+    LeaseKeepAliveRequest,
+    LeaseListRequest,
+    LeaseTimeToLiveRequest,
+    WatchCancelRequest,
+    WatchRequest,
+)
 from quorumkv.client.protocol import (
     MAX_ADDRESS_LENGTH,
     MAX_NAME_LENGTH,
@@ -66,6 +73,8 @@ from quorumkv.kv import (
     DeleteRange,
     DeleteResult,
     KeyValue,
+    LeaseGrant,
+    LeaseRevoke,
     Put,
     PutResult,
     RangeRequest,
@@ -115,6 +124,15 @@ REQUESTS: list[Request] = [
     LeaveRequest(),
     LeaveRequest(token="s3cret"),
     DigestRequest(),
+    WatchRequest(key=b"k"),
+    WatchRequest(key=b"a", range_end=ALL_KEYS, start_revision=7, prev_kv=True,
+                 progress_notify=True),
+    WatchCancelRequest(watch_id=3),
+    LeaseKeepAliveRequest(id=(1 << 63) - 1),
+    LeaseTimeToLiveRequest(id=5, keys=True),
+    LeaseListRequest(),
+    WriteRequest(cmd=LeaseGrant(id=9, ttl=10), client_id=2, seq=1),
+    WriteRequest(cmd=LeaseRevoke(id=9)),
 ]
 
 
@@ -447,3 +465,19 @@ def test_status_with_and_without_local() -> None:
 def test_every_op_has_a_request_in_the_round_trip_list() -> None:
     ops = {msgpack.unpackb(encode_request(1, req))[1] for req in REQUESTS}
     assert ops | {"wait_applied"} == set(OPS)
+
+
+@pytest.mark.parametrize(("op", "args"), [
+    ("watch", {"key": b""}),
+    ("watch", {"key": b"b", "range_end": b"a"}),
+    ("watch", {"key": "text"}),
+    ("watch", {"key": b"k", "start_revision": -1}),
+    ("watch", {"key": b"k", "filters": []}),
+    ("watch_cancel", {}),
+    ("lease_keepalive", {"id": 0}),
+    ("lease_ttl", {"id": True}),
+    ("lease_list", {"id": 1}),
+])
+def test_coordination_requests_are_checked_strictly(op: str, args: dict[str, object]) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_request([1, op, args])

@@ -33,6 +33,7 @@ from quorumkv.kv import (
     EventType,
     KeyValue,
     KVStore,
+    LeaseGrant,
     Put,
     PutResult,
     RangeRequest,
@@ -46,6 +47,9 @@ from quorumkv.kv import (
 from quorumkv.kv.keys import ESCAPED_LIMIT
 
 INFINITY = 1 << 62
+GRANTED = LeaseGrant(id=7, ttl=60)
+"""Puts draw lease 7, so every store starts with it granted (at index 1; it takes no
+revision, and the model knows no leases: its puts never fail for one)."""
 
 
 def selects(start: bytes, end: bytes | None, key: bytes) -> bool:
@@ -111,6 +115,7 @@ class Model:
         elif isinstance(cmd, Txn):
             result = self.txn(cmd)
         else:
+            assert isinstance(cmd, Compact), cmd  # plans hold no leases nor sessions
             result = self.compact(cmd)
         if self._wrote:
             self.revision = self._begin + 1
@@ -385,7 +390,8 @@ def check_all_history(store: KVStore, model: Model) -> None:
 def test_store_matches_model_step_by_step(plan: list[Step]) -> None:
     model = Model()
     with KVStore.open_temporary() as store:
-        for index, step in enumerate(plan, start=1):
+        store.apply(1, 1, GRANTED)
+        for index, step in enumerate(plan, start=2):
             if isinstance(step, Read):
                 assert outcome_of(store.range, step.req) == outcome_of(model.range, step.req)
                 store.apply_noop(index, 1)
@@ -409,18 +415,19 @@ def test_batched_apply_survives_reopen_and_snapshot(plan: list[Command | Compact
         store = KVStore.open(data)
         try:
             outcomes = store.apply_batch(
-                [(index, 3, cmd) for index, cmd in enumerate(cmds, start=1)])
-            assert [store_outcome(o) for o in outcomes] == expected
+                [(1, 3, GRANTED)]
+                + [(index, 3, cmd) for index, cmd in enumerate(cmds, start=2)])
+            assert [store_outcome(o) for o in outcomes[1:]] == expected
             digest = store.digest()
             meta = store.snapshot_to(copy)
-            assert (meta.index, meta.term) == (len(plan), 3 if plan else 0)
+            assert (meta.index, meta.term) == (len(plan) + 1, 3)
         finally:
             store.close()
 
         for path in (data, copy):
             with KVStore.open(path, create=False) as reopened:
                 assert reopened.digest() == digest
-                assert reopened.applied_index == len(plan)
+                assert reopened.applied_index == len(plan) + 1
                 check_all_history(reopened, model)
 
 
@@ -434,13 +441,14 @@ def test_restore_from_snapshot_then_continue(first_plan: list[Command | CompactB
     then = then[len(first):]
     with tempfile.TemporaryDirectory() as tmp, KVStore.open_temporary() as leader, \
             KVStore.open_temporary() as follower:
-        leader.apply_batch([(i, 1, cmd) for i, cmd in enumerate(first, start=1)])
+        leader.apply_batch([(1, 1, GRANTED)]
+                           + [(i, 1, cmd) for i, cmd in enumerate(first, start=2)])
         follower.apply_batch([(1, 1, Put(key=b"stale", value=b"x"))])
         leader.snapshot_to(Path(tmp) / "snap")
         follower.restore_from(Path(tmp) / "snap")
         assert follower.digest() == leader.digest()
-        rest = [(i, 2, cmd) for i, cmd in enumerate(then, start=len(first) + 1)]
+        rest = [(i, 2, cmd) for i, cmd in enumerate(then, start=len(first) + 2)]
         assert ([store_outcome(o) for o in follower.apply_batch(rest)]
                 == [store_outcome(o) for o in leader.apply_batch(rest)])
         assert follower.digest() == leader.digest()
-        assert follower.applied_index == leader.applied_index == len(first) + len(then)
+        assert follower.applied_index == leader.applied_index == len(first) + len(then) + 1

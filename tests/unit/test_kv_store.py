@@ -21,6 +21,7 @@ from quorumkv.kv import (
     EventType,
     KeyValue,
     KVStore,
+    LeaseGrant,
     Put,
     PutResult,
     RangeRequest,
@@ -85,6 +86,7 @@ def kv() -> Iterator[Cluster]:
 
 
 def test_put_creates_a_key_at_a_new_revision(kv: Cluster) -> None:
+    kv.apply(LeaseGrant(id=9, ttl=60))  # takes no revision
     out = kv.apply(Put(key=b"a", value=b"1", lease=9, timestamp=1234))
     assert out.result == PutResult(revision=1)
     got = kv.store.get(b"a")
@@ -261,6 +263,7 @@ def holds(kv: Cluster, *compares: Compare) -> bool:
 
 
 def test_compares_on_an_existing_key(kv: Cluster) -> None:
+    kv.apply(LeaseGrant(id=3, ttl=60))  # takes no revision
     kv.put(b"x")
     kv.put(b"a", b"m", lease=3)   # 2
     kv.put(b"a", b"n", lease=3)   # 3

@@ -30,7 +30,14 @@ from collections.abc import Sequence
 from types import TracebackType
 from typing import Any, TypeVar
 
+from quorumkv.client.coordination_wire import (
+    LeaseKeepAliveRequest,
+    LeaseListRequest,
+    LeaseTimeToLiveRequest,
+    WatchRequest,
+)
 from quorumkv.client.endpoints import Backoff, Endpoints
+from quorumkv.client.lease import Lease
 from quorumkv.client.members import (
     DEFAULT_TOKEN,
     Member,
@@ -55,6 +62,7 @@ from quorumkv.client.protocol import (
     write_result_from_wire,
 )
 from quorumkv.client.retrying_caller import RetryingCaller
+from quorumkv.client.watch import Watch
 from quorumkv.errors import InvalidArgument, ProtocolError
 from quorumkv.kv.commands import (
     Command,
@@ -63,6 +71,8 @@ from quorumkv.kv.commands import (
     CompareOp,
     CompareTarget,
     DeleteRange,
+    LeaseGrant,
+    LeaseRevoke,
     Put,
     RangeRequest,
     Txn,
@@ -73,6 +83,8 @@ from quorumkv.kv.results import (
     CompactResult,
     DeleteResult,
     KeyValue,
+    LeaseGrantResult,
+    LeaseRevokeResult,
     PutResult,
     RangeResult,
     Result,
@@ -82,7 +94,8 @@ from quorumkv.kv.validation import check_command, check_range_request
 from quorumkv.transport.framing import DEFAULT_MAX_FRAME
 
 KeyLike = bytes | str
-_R = TypeVar("_R", PutResult, DeleteResult, TxnResult, CompactResult)
+_R = TypeVar("_R", PutResult, DeleteResult, TxnResult, CompactResult, LeaseGrantResult,
+             LeaseRevokeResult)
 
 
 def to_bytes(what: str, value: KeyLike) -> bytes:
@@ -293,6 +306,69 @@ class AsyncClient:
         member, header = member_result_from_wire(await self._caller.call(req), key)
         self._observe(header.revision)
         return member
+
+    # -- watches ---------------------------------------------------------------------
+
+    def watch(self, key: KeyLike, range_end: KeyLike | None = None, *, prefix: bool = False,
+              start_revision: int = 0, prev_kv: bool = False,
+              progress_notify: bool = False) -> Watch:
+        """Every change to ``key`` (or ``[key, range_end)``, or keys starting with ``key``
+        when ``prefix``), from ``start_revision`` (0: from now), in revision order, each
+        exactly once even across failovers. Use ``async with`` (or :meth:`Watch.cancel`);
+        iterate for :class:`WatchResponse` batches. See ``watch.py``."""
+        k = to_bytes("key", key)
+        end: bytes | None
+        if prefix:
+            if range_end is not None:
+                raise InvalidArgument("give range_end or prefix, not both")
+            k, end = (k, prefix_end(k)) if k else (b"\x00", ALL_KEYS)
+        else:
+            end = None if range_end is None else to_bytes("range_end", range_end)
+        if start_revision < 0:
+            raise InvalidArgument("start_revision must not be negative")
+        return Watch(self._caller, WatchRequest(key=k, range_end=end,
+                                                start_revision=start_revision,
+                                                prev_kv=prev_kv,
+                                                progress_notify=progress_notify))
+
+    # -- leases ----------------------------------------------------------------------
+
+    async def grant_lease(self, ttl: int, *, keep_alive: bool = True) -> Lease:
+        """A new lease of ``ttl`` seconds, kept alive in the background unless told not
+        to; attach keys with ``put(..., lease=lease.id)``. See ``lease.py``."""
+        lease_id = secrets.randbits(63) or 1
+        result = await self._write(LeaseGrant(id=lease_id, ttl=ttl), None, needs_outcome=True)
+        granted = _expect(result, LeaseGrantResult)
+        return Lease(lease_id=granted.id, ttl=granted.ttl, keepalive=self.lease_keepalive,
+                     revoke=self.revoke_lease, keep_alive=keep_alive)
+
+    async def revoke_lease(self, lease_id: int) -> LeaseRevokeResult:
+        """Revoke a lease: every key attached to it is deleted, at one revision."""
+        result = await self._write(LeaseRevoke(id=lease_id), None, needs_outcome=True)
+        return _expect(result, LeaseRevokeResult)
+
+    async def lease_keepalive(self, lease_id: int) -> int:
+        """Renew a lease for its full TTL (the leader answers); returns the TTL."""
+        body = await self._caller.call(LeaseKeepAliveRequest(id=lease_id))
+        ttl = body.get("ttl")
+        if type(ttl) is not int:
+            raise ProtocolError("a keep-alive answer without its ttl")
+        return ttl
+
+    async def lease_ttl(self, lease_id: int, *, keys: bool = False) -> dict[str, Any]:
+        """``{"id", "ttl", "remaining", "keys"}``: the leader's view of a lease."""
+        body = await self._caller.call(LeaseTimeToLiveRequest(id=lease_id, keys=keys))
+        return {k: body.get(k) for k in ("id", "ttl", "remaining", "keys")}
+
+    async def leases(self) -> dict[int, int]:
+        """Every lease: id -> TTL."""
+        body = await self._caller.call(LeaseListRequest())
+        out: dict[int, int] = {}
+        for item in body.get("leases") or []:
+            if isinstance(item, dict) and type(item.get("id")) is int \
+                    and type(item.get("ttl")) is int:
+                out[item["id"]] = item["ttl"]
+        return out
 
     def _observe(self, revision: int) -> None:
         self._revision = max(self._revision, revision)

@@ -4,6 +4,11 @@ Requests are written as soon as they are made and answered in whatever
 order the node finishes them; a reader task matches each response to its
 waiting future by request id. When the connection fails, every waiting
 request fails with NetworkError, so the caller can retry elsewhere.
+
+A stream (a watch) is a request whose first response resolves its future
+like any other and whose later responses, under the same request id, go to
+a callback until one of them ends it (``"canceled": true``, or an error);
+if the connection fails, the callback gets the NetworkError.
 """
 
 from __future__ import annotations
@@ -24,9 +29,19 @@ _READ_CHUNK = 64 * 1024
 _MAX_REQUEST_ID = (1 << 63) - 1
 
 
+StreamHandler = Callable[[dict[str, Any] | QuorumKVError], None]
+
+
+def _deliver(handler: StreamHandler, message: dict[str, Any] | QuorumKVError) -> None:
+    try:
+        handler(message)
+    except Exception:
+        log.exception("a stream handler failed")
+
+
 class Connection:
-    __slots__ = ("_failure", "_max_frame", "_next_id", "_pending", "_reader", "_task",
-                 "_writer", "endpoint")
+    __slots__ = ("_failure", "_max_frame", "_next_id", "_pending", "_reader", "_streams",
+                 "_task", "_writer", "endpoint")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  endpoint: Endpoint, max_frame: int) -> None:
@@ -35,6 +50,7 @@ class Connection:
         self._writer = writer
         self._max_frame = max_frame
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._streams: dict[int, StreamHandler] = {}
         self._next_id = 1
         self._failure: str | None = None
         # Owned by this object and awaited by close(): never left running unowned.
@@ -60,6 +76,27 @@ class Connection:
         Raises before anything is written if the connection is closed or the
         request cannot be encoded, so a caller knows whether it was sent.
         """
+        return self._send(req)[1]
+
+    def open_stream(self, req: Request, on_message: StreamHandler,
+                    ) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+        """Send a streaming request: ``(request_id, future of the first answer)``; every
+        later answer goes to ``on_message`` (see the module doc)."""
+        request_id, future = self._send(req)
+        self._streams[request_id] = on_message
+
+        def first_answer(f: asyncio.Future[dict[str, Any]]) -> None:
+            if f.cancelled() or f.exception() is not None:
+                self._streams.pop(request_id, None)
+
+        future.add_done_callback(first_answer)
+        return request_id, future
+
+    def forget_stream(self, request_id: int) -> None:
+        """Stop delivering a stream's messages (its watch was cancelled)."""
+        self._streams.pop(request_id, None)
+
+    def _send(self, req: Request) -> tuple[int, asyncio.Future[dict[str, Any]]]:
         if self._failure is not None:
             raise NetworkError(self._failure)
         request_id = self._next_id
@@ -70,7 +107,7 @@ class Connection:
         # A caller that gives up (timeout, cancel) cancels its future; forget it then.
         future.add_done_callback(lambda _: self._pending.pop(request_id, None))
         self._writer.write(frame)
-        return future
+        return request_id, future
 
     async def drain(self) -> None:
         """Wait until the transport's buffer has room again (backpressure)."""
@@ -107,11 +144,23 @@ class Connection:
         for future in pending:
             if not future.done():
                 future.set_exception(make_error())
+        streams = list(self._streams.values())
+        self._streams.clear()
+        for handler in streams:
+            _deliver(handler, make_error())
 
     def _dispatch(self, frame: bytes) -> None:
         response = decode_response(frame)
         future = self._pending.pop(response.request_id, None)
-        if future is None or future.done():
+        if future is None:
+            handler = self._streams.get(response.request_id)
+            if handler is not None:
+                if not response.ok or response.body.get("canceled") is True:
+                    del self._streams[response.request_id]
+                _deliver(handler, response.body if response.ok
+                         else error_from_wire(response.body))
+            return
+        if future.done():
             return  # its caller gave up waiting
         if response.ok:
             future.set_result(response.body)

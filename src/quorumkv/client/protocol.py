@@ -95,6 +95,12 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from quorumkv import errors
+from quorumkv.client.coordination_wire import (
+    COORDINATION_OPS,
+    CoordinationRequest,
+    coordination_args,
+    parse_coordination,
+)
 from quorumkv.client.fields import MAX_INT64, FieldReader, brief, type_name
 from quorumkv.client.results_wire import (
     Durable,
@@ -162,7 +168,7 @@ PROTOCOL_VERSION: Final = 1
 WRITE_CONSISTENCY: Final = ("one", "quorum", "all")
 READ_CONSISTENCY: Final = ("one", "session", "quorum", "all")
 OPS: Final = ("write", "range", "status", "hello", "wait_applied", "member_list", "member_add",
-              "member_remove", "member_promote", "leave", "digest")
+              "member_remove", "member_promote", "leave", "digest", *COORDINATION_OPS)
 MAX_NAME_LENGTH: Final = 64
 MAX_ADDRESS_LENGTH: Final = 300
 MAX_TOKEN_LENGTH: Final = 1024
@@ -243,7 +249,7 @@ class DigestRequest:
 
 Request = (WriteRequest | ReadRequest | StatusRequest | HelloRequest | WaitAppliedRequest
            | MemberListRequest | MemberAddRequest | MemberRemoveRequest | MemberPromoteRequest
-           | LeaveRequest | DigestRequest)
+           | LeaveRequest | DigestRequest | CoordinationRequest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +280,8 @@ def _request_args(req: Request) -> tuple[str, dict[str, Any]]:
         return "wait_applied", {"index": req.index}
     if isinstance(req, HelloRequest):
         return "hello", {}
+    if isinstance(req, CoordinationRequest):
+        return coordination_args(req)
     return _membership_args(req)
 
 
@@ -409,6 +417,8 @@ def parse_request(obj: object) -> tuple[int, Request]:
         req = WaitAppliedRequest(index=f.integer("index"))
     elif op == "hello":
         req = HelloRequest()
+    elif op in COORDINATION_OPS:
+        req = parse_coordination(op, f)
     else:
         req = _parse_membership(op, f)
     f.finish()

@@ -15,11 +15,14 @@ from typing import Any
 
 from quorumkv.client.fields import MAX_UINT64, FieldReader, brief
 from quorumkv.errors import ProtocolError
+from quorumkv.kv.commands import MAX_LEASE_TTL
 from quorumkv.kv.results import (
     Applied,
     CompactResult,
     DeleteResult,
     KeyValue,
+    LeaseGrantResult,
+    LeaseRevokeResult,
     PutResult,
     RangeResult,
     Result,
@@ -82,6 +85,10 @@ def result_to_wire(result: Result | RangeResult) -> dict[str, Any]:
     if isinstance(result, CompactResult):
         return {"type": "compact", "revision": result.revision,
                 "compact_revision": result.compact_revision}
+    if isinstance(result, LeaseGrantResult):
+        return {"type": "lease_grant", "id": result.id, "ttl": result.ttl}
+    if isinstance(result, LeaseRevokeResult):
+        return {"type": "lease_revoke", "revision": result.revision, "deleted": result.deleted}
     raise TypeError(f"not a kv result: {type(result).__name__}")
 
 
@@ -135,7 +142,14 @@ def _txn_response(obj: object) -> TxnResponse:
 
 def result_from_wire(obj: object) -> Result | RangeResult:
     f = FieldReader(obj, "result", ProtocolError)
-    kind, revision = f.string("type"), f.integer("revision")
+    kind = f.string("type")
+    if kind == "lease_grant":
+        # The one result without a revision: a grant writes no key.
+        lease_id, ttl = f.integer("id"), f.integer("ttl", high=MAX_LEASE_TTL)
+        if lease_id == 0 or ttl == 0:
+            raise f.fail("a lease's id and ttl are at least 1")
+        return LeaseGrantResult(id=lease_id, ttl=ttl)
+    revision = f.integer("revision")
     if kind == "put":
         prev = f.raw("prev_kv")
         return PutResult(revision=revision, prev_kv=None if prev is None else kv_from_wire(prev))
@@ -150,6 +164,8 @@ def result_from_wire(obj: object) -> Result | RangeResult:
                          responses=tuple(_txn_response(r) for r in f.array("responses")))
     if kind == "compact":
         return CompactResult(revision=revision, compact_revision=f.integer("compact_revision"))
+    if kind == "lease_revoke":
+        return LeaseRevokeResult(revision=revision, deleted=f.integer("deleted"))
     raise ProtocolError(f"unknown result type {brief(kind)}")
 
 

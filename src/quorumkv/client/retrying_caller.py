@@ -104,6 +104,23 @@ class RetryingCaller:
                                              deadline - loop.time())))
         self._give_up(req, sent=sent, maybe_applied=maybe_applied, last=last)
 
+    async def stream_connection(self) -> Connection:
+        """A live connection for a stream (a watch), trying the endpoints in turn with
+        backoff for as long as it takes: a watch outlives any one node."""
+        failures = 0
+        while True:
+            if self._closed:
+                raise NetworkError("the client is closed")
+            try:
+                return await self._connection()
+            except NetworkError:
+                failures += 1
+                await asyncio.sleep(self._backoff.delay(failures))
+
+    async def drop_connection(self, conn: Connection) -> None:
+        """The stream on ``conn`` broke: the next call moves to another endpoint."""
+        await self._drop(conn, None)
+
     async def _after_failure(self, conn: Connection | None, err: UnavailableError) -> bool:
         """Move to another node if ``err`` argues for it; whether the client moved."""
         if isinstance(err, NotLeader):

@@ -3,8 +3,9 @@
 The public surface, by module:
 
 - ``commands``: :class:`Put`, :class:`DeleteRange`, :class:`Txn` (with
-  :class:`Compare`), :class:`Compact` and the read :class:`RangeRequest`; a
-  client's numbered write is logged as a :class:`Session`;
+  :class:`Compare`), :class:`Compact`, :class:`LeaseGrant`,
+  :class:`LeaseRevoke` and the read :class:`RangeRequest`; a client's
+  numbered write is logged as a :class:`Session`;
 - ``codec``: :func:`encode_command` / :func:`decode_command`, the log format;
 - ``validation``: :func:`validate` with :class:`Limits`, run before proposing;
 - ``results``: :class:`KeyValue`, :class:`Event` and the results of each command;
@@ -21,6 +22,8 @@ from quorumkv.kv.commands import (
     CompareOp,
     CompareTarget,
     DeleteRange,
+    LeaseGrant,
+    LeaseRevoke,
     Put,
     RangeRequest,
     Session,
@@ -37,6 +40,8 @@ from quorumkv.kv.results import (
     Event,
     EventType,
     KeyValue,
+    LeaseGrantResult,
+    LeaseRevokeResult,
     PutResult,
     RangeResult,
     Result,
@@ -63,6 +68,10 @@ __all__ = [
     "EventType",
     "KVStore",
     "KeyValue",
+    "LeaseGrant",
+    "LeaseGrantResult",
+    "LeaseRevoke",
+    "LeaseRevokeResult",
     "Limits",
     "Outcome",
     "Payload",

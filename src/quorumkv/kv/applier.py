@@ -5,20 +5,28 @@ timestamp comes from the command, nothing reads a clock or draws a random
 number, and iteration order is LMDB's byte order.
 
 Each command is checked completely before its first write, so a command
-that fails (a Compact of the past, a Txn reading a compacted revision)
-raises its RequestError with nothing written, and the store can still
-record the entry as applied in the same transaction.
+that fails (a Compact of the past, a Txn reading a compacted revision, a
+Put naming a lease that is not granted) raises its RequestError with
+nothing written, and the store can still record the entry as applied in
+the same transaction.
+
+Leases (``leases.py``) are kept in step with the versions: every write of
+a key detaches it from the lease of the version it replaces and a put
+attaches it to its own, so a lease's attachments are always the live keys
+that name it, and revoking it deletes exactly those.
 """
 
 from __future__ import annotations
 
-from quorumkv.errors import Compacted, InvalidArgument
+from quorumkv.errors import Compacted, InvalidArgument, LeaseNotFound, StorageError
 from quorumkv.kv.commands import (
     Compact,
     Compare,
     CompareOp,
     CompareTarget,
     DeleteRange,
+    LeaseGrant,
+    LeaseRevoke,
     Put,
     RangeRequest,
     Txn,
@@ -28,6 +36,7 @@ from quorumkv.kv.commands import (
 from quorumkv.kv.history import History
 from quorumkv.kv.history import Txn as LmdbTxn
 from quorumkv.kv.keys import MAX_SUB
+from quorumkv.kv.leases import LeaseIndex
 from quorumkv.kv.reads import check_read_revision, read_range
 from quorumkv.kv.results import (
     CompactResult,
@@ -35,6 +44,8 @@ from quorumkv.kv.results import (
     Event,
     EventType,
     KeyValue,
+    LeaseGrantResult,
+    LeaseRevokeResult,
     PutResult,
     Result,
     TxnResponse,
@@ -71,9 +82,10 @@ def _field(kv: KeyValue | None, target: CompareTarget) -> bytes | int:
 class Applier:
     """Applies one command; its writes share one new revision, numbered by sub revision."""
 
-    def __init__(self, history: History, txn: LmdbTxn, *, revision: int,
+    def __init__(self, history: History, leases: LeaseIndex, txn: LmdbTxn, *, revision: int,
                  compact_revision: int) -> None:
         self._history = history
+        self._leases = leases
         self._txn = txn
         self._begin = revision
         self.compact_revision = compact_revision
@@ -91,12 +103,22 @@ class Applier:
         Session's)."""
         self._timestamp = timestamp
         if isinstance(cmd, Put):
+            self._check_lease(cmd.lease)
             return self._put(cmd)
         if isinstance(cmd, DeleteRange):
             return self._delete(cmd)
         if isinstance(cmd, Txn):
             return self._txn_command(cmd)
+        if isinstance(cmd, LeaseGrant):
+            return self._lease_grant(cmd)
+        if isinstance(cmd, LeaseRevoke):
+            return self._lease_revoke(cmd)
         return self._compact(cmd)
+
+    def _check_lease(self, lease: int) -> None:
+        """A put may name only a granted lease (or none)."""
+        if lease != 0 and not self._leases.exists(self._txn, lease):
+            raise LeaseNotFound(f"lease {lease} not found", lease=lease)
 
     def _write(self, kv: KeyValue) -> None:
         assert self._sub <= MAX_SUB
@@ -104,6 +126,7 @@ class Applier:
         self._sub += 1
 
     def _put(self, op: Put) -> PutResult:
+        """Write ``op`` (its lease already checked by :meth:`_check_lease`)."""
         prev = self._history.get(self._txn, op.key)
         revision = self._begin + 1
         kv = KeyValue(key=op.key, value=op.value,
@@ -111,19 +134,28 @@ class Applier:
                       mod_revision=revision, version=prev.version + 1 if prev else 1,
                       lease=op.lease, timestamp=self._timestamp)
         self._write(kv)
+        if prev is not None and prev.lease not in (0, op.lease):
+            self._leases.detach(self._txn, prev.lease, op.key)
+        if op.lease != 0:
+            self._leases.attach(self._txn, op.lease, op.key)
         self.events.append(Event(type=EventType.PUT, kv=kv, prev_kv=prev))
         return PutResult(revision=revision, prev_kv=prev if op.prev_kv else None)
+
+    def _tombstone(self, prev: KeyValue) -> None:
+        """Delete the live version ``prev`` at the new revision, detaching it from its lease."""
+        tombstone = KeyValue(key=prev.key, value=b"", create_revision=0,
+                             mod_revision=self._begin + 1, version=0, lease=0,
+                             timestamp=self._timestamp)
+        self._write(tombstone)
+        if prev.lease != 0:
+            self._leases.detach(self._txn, prev.lease, prev.key)
+        self.events.append(Event(type=EventType.DELETE, kv=tombstone, prev_kv=prev))
 
     def _delete(self, op: DeleteRange) -> DeleteResult:
         # Gather first: the scan must not run over records being written.
         doomed = list(self._history.scan(self._txn, op.key, op.range_end))
-        revision = self._begin + 1
         for prev in doomed:
-            tombstone = KeyValue(key=prev.key, value=b"", create_revision=0,
-                                 mod_revision=revision, version=0, lease=0,
-                                 timestamp=self._timestamp)
-            self._write(tombstone)
-            self.events.append(Event(type=EventType.DELETE, kv=tombstone, prev_kv=prev))
+            self._tombstone(prev)
         return DeleteResult(revision=self.revision, deleted=len(doomed),
                             prev_kvs=tuple(doomed) if op.prev_kv else ())
 
@@ -145,6 +177,8 @@ class Applier:
             if isinstance(op, RangeRequest):
                 check_read_revision(op.revision, current=self._begin,
                                     compact_revision=self.compact_revision)
+            elif isinstance(op, Put):
+                self._check_lease(op.lease)  # no op of a Txn grants or revokes one
         responses = tuple(self._txn_op(op) for op in ops)
         return TxnResult(succeeded=succeeded, revision=self.revision, responses=responses)
 
@@ -155,6 +189,28 @@ class Applier:
             return self._delete(op)
         # Reads see the writes of the ops before them (as in etcd).
         return read_range(self._history, self._txn, op, current=self.revision)
+
+    def _lease_grant(self, cmd: LeaseGrant) -> LeaseGrantResult:
+        if self._leases.exists(self._txn, cmd.id):
+            raise InvalidArgument(f"lease {cmd.id} already exists", lease=cmd.id)
+        self._leases.grant(self._txn, cmd.id, cmd.ttl)
+        return LeaseGrantResult(id=cmd.id, ttl=cmd.ttl)
+
+    def _lease_revoke(self, cmd: LeaseRevoke) -> LeaseRevokeResult:
+        if not self._leases.exists(self._txn, cmd.id):
+            raise LeaseNotFound(f"lease {cmd.id} not found", lease=cmd.id)
+        # Gather first (as a DeleteRange does), in key order.
+        doomed: list[KeyValue] = []
+        for key in self._leases.keys(self._txn, cmd.id):
+            kv = self._history.get(self._txn, key)
+            if kv is None or kv.lease != cmd.id:
+                raise StorageError(f"lease {cmd.id} holds key {key[:80]!r}, which is not "
+                                   f"attached to it")
+            doomed.append(kv)
+        for prev in doomed:
+            self._tombstone(prev)
+        self._leases.remove(self._txn, cmd.id)
+        return LeaseRevokeResult(revision=self.revision, deleted=len(doomed))
 
     def _compact(self, cmd: Compact) -> CompactResult:
         if cmd.revision <= self.compact_revision:

@@ -7,7 +7,9 @@
     Txn          [3, [compare...], [op...], [op...], timestamp]
     Compact      [4, revision, timestamp]
     RangeRequest [5, key, range_end, limit, revision, keys_only, count_only]  (Txn op only)
-    Session      [6, client_id, seq, command, timestamp]   command: tag 1 to 4, timestamp 0
+    Session      [6, client_id, seq, command, timestamp]   command: tag 1-4, 7 or 8, timestamp 0
+    LeaseGrant   [7, id, ttl, timestamp]
+    LeaseRevoke  [8, id, timestamp]
     compare      [key, range_end, target, op, value]
 
 Keys and values are msgpack binaries, never strings. The bytes come from the
@@ -30,6 +32,8 @@ from quorumkv.kv.commands import (
     CompareOp,
     CompareTarget,
     DeleteRange,
+    LeaseGrant,
+    LeaseRevoke,
     Put,
     RangeRequest,
     Session,
@@ -40,6 +44,8 @@ from quorumkv.kv.packing import pack, unpack
 from quorumkv.kv.validation import check_command
 
 _PUT, _DELETE, _TXN, _COMPACT, _RANGE, _SESSION = 1, 2, 3, 4, 5, 6
+_LEASE_GRANT, _LEASE_REVOKE = 7, 8
+_WRITES = (Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke)
 
 
 def _op_fields(op: Command | TxnOp) -> list[Any]:
@@ -57,6 +63,10 @@ def _op_fields(op: Command | TxnOp) -> list[Any]:
                 op.timestamp]
     if isinstance(op, Compact):
         return [_COMPACT, op.revision, op.timestamp]
+    if isinstance(op, LeaseGrant):
+        return [_LEASE_GRANT, op.id, op.ttl, op.timestamp]
+    if isinstance(op, LeaseRevoke):
+        return [_LEASE_REVOKE, op.id, op.timestamp]
     if isinstance(op, Session):
         return [_SESSION, op.client_id, op.seq, _op_fields(op.command), op.timestamp]
     raise InvalidArgument(f"not a command: {type(op).__name__}")
@@ -127,10 +137,16 @@ def _decode(obj: object, *, top_level: bool, in_session: bool = False) -> Comman
     if tag == _COMPACT and top_level:
         _, revision, timestamp = _fields(items, 3, "compact")
         return Compact(revision=revision, timestamp=timestamp)
+    if tag == _LEASE_GRANT and top_level:
+        _, lease_id, ttl, timestamp = _fields(items, 4, "lease grant")
+        return LeaseGrant(id=lease_id, ttl=ttl, timestamp=timestamp)
+    if tag == _LEASE_REVOKE and top_level:
+        _, lease_id, timestamp = _fields(items, 3, "lease revoke")
+        return LeaseRevoke(id=lease_id, timestamp=timestamp)
     if tag == _SESSION and top_level and not in_session:
         _, client_id, seq, inner, timestamp = _fields(items, 5, "session")
         command = _decode(inner, top_level=True, in_session=True)
-        assert isinstance(command, (Put, DeleteRange, Txn, Compact))
+        assert isinstance(command, _WRITES)
         return Session(client_id=client_id, seq=seq, command=command, timestamp=timestamp)
     raise InvalidArgument(f"unknown command tag {tag}")
 
@@ -148,6 +164,6 @@ def decode_command(data: bytes) -> Command:
     except ValueError as err:
         raise InvalidArgument(f"malformed command: {err}") from err
     cmd = _decode(obj, top_level=True)
-    assert isinstance(cmd, (Put, DeleteRange, Txn, Compact, Session))
+    assert isinstance(cmd, (*_WRITES, Session))
     check_command(cmd)
     return cmd

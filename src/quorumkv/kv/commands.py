@@ -13,6 +13,11 @@ Key ranges follow etcd: ``range_end`` None means the single key ``key``;
 every key >= ``key``; anything else is the half-open interval
 ``[key, range_end)``. :func:`~quorumkv.kv.keys.prefix_end` builds the end of
 a prefix range.
+
+Leases follow etcd v3: :class:`LeaseGrant` creates one, a :class:`Put` with
+``lease`` set attaches its key to it, and :class:`LeaseRevoke` deletes the
+lease with every key still attached. No command carries a clock reading
+that decides expiry: the leader decides it and proposes the revoke.
 """
 
 from __future__ import annotations
@@ -45,6 +50,7 @@ class Put:
     key: bytes
     value: bytes
     lease: int = 0
+    """Attach the key to this granted lease (LeaseNotFound if it is not); 0: to none."""
     prev_kv: bool = False
     """Return the version this put replaced."""
     timestamp: int = 0
@@ -128,8 +134,40 @@ class Compact:
     timestamp: int = 0
 
 
-Write = Put | DeleteRange | Txn | Compact
-"""A change a client asks for."""
+MAX_LEASE_TTL = 9_000_000_000
+"""The longest lease a client may ask for, in seconds (etcd's ``MaxLeaseTTL``)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseGrant:
+    """Create lease ``id``, which lives ``ttl`` seconds unless kept alive (as in etcd v3).
+
+    The client picks the id (at random, 63 bits, never 0), so a retry names
+    the same lease. The state machine only records the lease: deciding that
+    it expired is the leader's business, outside the state machine, and ends
+    in a :class:`LeaseRevoke`. A grant writes no key and so takes no revision.
+    """
+
+    id: int
+    ttl: int
+    """Seconds, from 1 to :data:`MAX_LEASE_TTL`."""
+    timestamp: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseRevoke:
+    """Delete every key attached to lease ``id`` (at one new revision, if any) and the lease.
+
+    A key is attached to the lease of its latest :class:`Put`; a later put
+    with another lease (or lease 0) or a delete detaches it.
+    """
+
+    id: int
+    timestamp: int = 0
+
+
+Write = Put | DeleteRange | Txn | Compact | LeaseGrant | LeaseRevoke
+"""A change a client asks for. Leases are not Txn ops."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

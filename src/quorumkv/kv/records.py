@@ -7,6 +7,11 @@ timestamp]`` in msgpack. The ``meta`` sub-database holds three records::
     b"state"   [revision, compact_revision, applied_index, applied_term, clock]
     b"conf"    [sorted voter ids, sorted learner ids]
 
+and, under key prefixes none of which starts another, the member registry
+(``b"member/"``, see ``members.py``) and the leases (``b"lease/"`` and
+``b"lease-key/"``, see ``leases.py``). Records added under new prefixes
+need no new format: a store without them is a store with none.
+
 ``state`` is rewritten in the same LMDB transaction as the data it
 describes, so the applied index and the data can never disagree on disk.
 

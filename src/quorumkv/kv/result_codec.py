@@ -11,6 +11,8 @@ first::
     TxnResult      [3, succeeded, revision, [response...]]   response: tag 1, 2 or 5
     CompactResult  [4, revision, compact_revision]
     RangeResult    [5, revision, count, more, [kv...]]       (a txn response only)
+    LeaseGrantResult   [6, id, ttl]
+    LeaseRevokeResult  [7, revision, deleted]
     error          [0, code, message, {name: value}]         a RequestError, by its code
     kv             [key, value, create_revision, mod_revision, version, lease, timestamp]
 
@@ -29,6 +31,8 @@ from quorumkv.kv.results import (
     CompactResult,
     DeleteResult,
     KeyValue,
+    LeaseGrantResult,
+    LeaseRevokeResult,
     PutResult,
     RangeResult,
     Result,
@@ -39,6 +43,9 @@ from quorumkv.kv.results import (
 RecordedOutcome: TypeAlias = Result | RequestError
 
 _ERROR, _PUT, _DELETE, _TXN, _COMPACT, _RANGE = 0, 1, 2, 3, 4, 5
+_LEASE_GRANT, _LEASE_REVOKE = 6, 7
+_RESULTS = (PutResult, DeleteResult, TxnResult, CompactResult, LeaseGrantResult,
+            LeaseRevokeResult)
 
 _WHAT = "session result"
 
@@ -61,6 +68,10 @@ def _result_fields(result: Result | TxnResponse) -> list[Any]:
     if isinstance(result, TxnResult):
         return [_TXN, result.succeeded, result.revision,
                 [_result_fields(r) for r in result.responses]]
+    if isinstance(result, LeaseGrantResult):
+        return [_LEASE_GRANT, result.id, result.ttl]
+    if isinstance(result, LeaseRevokeResult):
+        return [_LEASE_REVOKE, result.revision, result.deleted]
     return [_COMPACT, result.revision, result.compact_revision]
 
 
@@ -134,6 +145,12 @@ def _decode_result(obj: object, *, in_txn: bool) -> Result | TxnResponse:
     if tag == _COMPACT and not in_txn:
         _, revision, compact_revision = _items(obj, 3)
         return CompactResult(revision=_int(revision), compact_revision=_int(compact_revision))
+    if tag == _LEASE_GRANT and not in_txn:
+        _, lease_id, ttl = _items(obj, 3)
+        return LeaseGrantResult(id=_int(lease_id), ttl=_int(ttl))
+    if tag == _LEASE_REVOKE and not in_txn:
+        _, revision, deleted = _items(obj, 3)
+        return LeaseRevokeResult(revision=_int(revision), deleted=_int(deleted))
     raise _corrupt(f"unexpected tag {tag}")
 
 
@@ -165,7 +182,7 @@ def _unpack(data: bytes) -> object:
 
 def decode_result(data: bytes) -> Result:
     result = _decode_result(_unpack(data), in_txn=False)
-    assert isinstance(result, (PutResult, DeleteResult, TxnResult, CompactResult))
+    assert isinstance(result, _RESULTS)
     return result
 
 
@@ -175,5 +192,5 @@ def decode_outcome(data: bytes) -> RecordedOutcome:
     if isinstance(obj, list) and obj and type(obj[0]) is int and obj[0] == _ERROR:
         return _decode_error(obj)
     result = _decode_result(obj, in_txn=False)
-    assert isinstance(result, (PutResult, DeleteResult, TxnResult, CompactResult))
+    assert isinstance(result, _RESULTS)
     return result

@@ -94,7 +94,25 @@ class CompactResult:
     compact_revision: int
 
 
-Result = PutResult | DeleteResult | TxnResult | CompactResult
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseGrantResult:
+    """A granted lease. A grant writes no key: the store's revision does not move."""
+
+    id: int
+    ttl: int
+    """Seconds."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LeaseRevokeResult:
+    revision: int
+    """The revision of the deletions, or the unchanged current one if no key was attached."""
+    deleted: int
+    """Keys deleted: those attached to the lease."""
+
+
+Result = (PutResult | DeleteResult | TxnResult | CompactResult | LeaseGrantResult
+          | LeaseRevokeResult)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

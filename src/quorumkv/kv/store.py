@@ -51,6 +51,7 @@ from quorumkv.kv.environment import (
 )
 from quorumkv.kv.history import SCAN_ALL_START, History, Txn
 from quorumkv.kv.keys import ALL_KEYS
+from quorumkv.kv.leases import LeaseIndex
 from quorumkv.kv.members import (
     MEMBER_PREFIX,
     MemberRecord,
@@ -71,9 +72,10 @@ from quorumkv.kv.records import (
     encode_kv,
     encode_state,
 )
-from quorumkv.kv.results import AlreadyApplied, Applied, KeyValue, RangeResult
+from quorumkv.kv.results import AlreadyApplied, Applied, Event, KeyValue, RangeResult
 from quorumkv.kv.sessions import SessionPolicy, SessionTable
-from quorumkv.kv.validation import check_command, check_range_request
+from quorumkv.kv.validation import check_command, check_lease_id, check_range_request
+from quorumkv.kv.watch_history import events_between
 from quorumkv.raft.entries import ConfState, SnapshotMeta
 
 DEFAULT_MAP_SIZE = 8 << 30
@@ -115,6 +117,7 @@ class KVStore:
         self._env = env
         self._history = History(attached.kv_db)
         self._meta = attached.meta_db
+        self._leases = LeaseIndex(attached.meta_db)
         self._sessions = SessionTable(attached.sessions_db, self._policy)
         self._state = attached.state
 
@@ -322,7 +325,7 @@ class KVStore:
     def _apply_write(self, txn: Txn, state: StoreState, index: int, cmd: Write,
                      timestamp: int, now: int) -> tuple[Applied | RequestError, StoreState]:
         """Apply ``cmd`` stamped ``timestamp``, with the clock moving to ``now``."""
-        applier = Applier(self._history, txn, revision=state.revision,
+        applier = Applier(self._history, self._leases, txn, revision=state.revision,
                           compact_revision=state.compact_revision)
         try:
             result = applier.apply(cmd, timestamp=timestamp)
@@ -389,9 +392,42 @@ class KVStore:
         result = self.range(RangeRequest(key=key, revision=revision))
         return result.kvs[0] if result.kvs else None
 
+    def leases(self) -> dict[int, int]:
+        """Every granted lease: id -> ttl (seconds)."""
+        with lmdb_errors("reading"), self._live_env().begin() as txn:
+            return self._leases.leases(txn)
+
+    def lease_keys(self, lease_id: int) -> list[bytes]:
+        """The keys attached to lease ``lease_id``, sorted (none if it is not granted)."""
+        check_lease_id(lease_id)
+        with lmdb_errors("reading"), self._live_env().begin() as txn:
+            return self._leases.keys(txn, lease_id)
+
+    def lease_exists(self, lease_id: int) -> bool:
+        """Whether lease ``lease_id`` is granted (and not revoked)."""
+        check_lease_id(lease_id)
+        with lmdb_errors("reading"), self._live_env().begin() as txn:
+            return self._leases.exists(txn, lease_id)
+
+    def events_since(self, *, key: bytes, range_end: bytes | None, start_revision: int,
+                     end_revision: int, limit: int = 0) -> list[Event]:
+        """The changes to keys in (``key``, ``range_end``) at revisions
+        ``start_revision`` .. ``end_revision``, as the Events their entries produced
+        (prev_kv included), in order; Compacted if that history is gone. ``limit``
+        never splits a revision (see ``watch_history.py``)."""
+        with lmdb_errors("reading"), self._live_env().begin() as txn:
+            state = read_state(txn, self._meta, self._path)
+            found = events_between(txn, self._history, key=key, range_end=range_end,
+                                   start_revision=start_revision,
+                                   end_revision=min(end_revision, state.revision),
+                                   compact_revision=state.compact_revision, prev_kv=True,
+                                   limit=limit)
+        return [event for _, _, event in found]
+
     def digest(self) -> str:
         """SHA-256 (hex) of the logical state: the revisions, the clock, every live key
-        with its metadata, the session table, the membership and the member registry.
+        with its metadata, the session table, the membership, the member registry,
+        and the leases with their attached keys.
 
         Replicas that applied the same entries have the same digest however
         they got there (replay, restart, snapshot). The applied index and
@@ -415,6 +451,15 @@ class KVStore:
             for node_id, rec in sorted(self._read_members(txn).items()):
                 digest.update(pack(node_id))
                 digest.update(encode_member(rec))
+            # Only a store that has leases hashes them (after a binary marker,
+            # unlike a member's id or record), so a store without leases keeps
+            # the digest it had before leases existed.
+            marked = False
+            for key, value in self._leases.items(txn):
+                if not marked:
+                    digest.update(pack(b"leases"))
+                    marked = True
+                digest.update(pack([key, value]))
         return digest.hexdigest()
 
     def session_count(self) -> int:

@@ -16,12 +16,15 @@ from dataclasses import dataclass
 
 from quorumkv.errors import InvalidArgument, KeyTooLarge, ValueTooLarge
 from quorumkv.kv.commands import (
+    MAX_LEASE_TTL,
     Command,
     Compact,
     Compare,
     CompareOp,
     CompareTarget,
     DeleteRange,
+    LeaseGrant,
+    LeaseRevoke,
     Put,
     RangeRequest,
     Session,
@@ -153,6 +156,28 @@ def _check_txn(txn: Txn) -> None:
     _check_int("timestamp", txn.timestamp)
 
 
+def check_lease_id(value: object) -> None:
+    """Raise InvalidArgument unless ``value`` is a lease id: an int from 1 to 2**63-1."""
+    _check_int("lease id", value)
+    if value == 0:
+        raise InvalidArgument("a lease id is at least 1")
+
+
+def _check_lease_grant(cmd: LeaseGrant) -> None:
+    check_lease_id(cmd.id)
+    if type(cmd.ttl) is not int:
+        raise InvalidArgument(f"lease ttl must be an integer, not {type(cmd.ttl).__name__}")
+    if not 1 <= cmd.ttl <= MAX_LEASE_TTL:
+        raise InvalidArgument(f"lease ttl must be between 1 and {MAX_LEASE_TTL} seconds, "
+                              f"not {cmd.ttl}")
+    _check_int("timestamp", cmd.timestamp)
+
+
+def _check_lease_revoke(cmd: LeaseRevoke) -> None:
+    check_lease_id(cmd.id)
+    _check_int("timestamp", cmd.timestamp)
+
+
 def _check_session(session: Session) -> None:
     for what, value in (("client_id", session.client_id), ("seq", session.seq)):
         _check_int(what, value)
@@ -180,6 +205,10 @@ def check_command(cmd: Command) -> None:
     elif isinstance(cmd, Compact):
         _check_int("revision", cmd.revision)
         _check_int("timestamp", cmd.timestamp)
+    elif isinstance(cmd, LeaseGrant):
+        _check_lease_grant(cmd)
+    elif isinstance(cmd, LeaseRevoke):
+        _check_lease_revoke(cmd)
     else:
         raise InvalidArgument(f"not a command: {type(cmd).__name__}")
 

@@ -27,8 +27,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any, Protocol
 
+from quorumkv.client.coordination_wire import (
+    LeaseKeepAliveRequest,
+    LeaseListRequest,
+    LeaseTimeToLiveRequest,
+    WatchCancelRequest,
+    WatchRequest,
+)
 from quorumkv.client.protocol import (
     PROTOCOL_VERSION,
     DigestRequest,
@@ -88,6 +96,16 @@ class KVService(Protocol):
 
     def hello(self) -> dict[str, Any]: ...
 
+    async def watch(self, req: WatchRequest, stream: Any) -> dict[str, Any]: ...
+
+    def watch_cancel(self, watch_id: int, owner: object) -> dict[str, Any]: ...
+
+    def lease_keepalive(self, lease_id: int) -> dict[str, Any]: ...
+
+    async def lease_ttl(self, lease_id: int, *, keys: bool) -> dict[str, Any]: ...
+
+    async def lease_list(self) -> dict[str, Any]: ...
+
 
 class MembershipService(Protocol):
     """Membership changes (server/membership.py); each checks the cluster token."""
@@ -105,7 +123,8 @@ class MembershipService(Protocol):
 class _Connection:
     """One client connection's state, shared by its reader and request tasks."""
 
-    __slots__ = ("done", "handler", "peer", "reader", "reader_task", "slots", "writer")
+    __slots__ = ("closers", "done", "handler", "peer", "reader", "reader_task", "slots",
+                 "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  max_inflight: int) -> None:
@@ -116,6 +135,8 @@ class _Connection:
         self.handler = asyncio.current_task()
         self.reader_task: asyncio.Task[None] | None = None
         self.done = asyncio.Event()
+        self.closers: list[Callable[[], None]] = []
+        """Run when the connection ends (its watches stop)."""
 
     async def send(self, frame: bytes) -> None:
         if self.writer.is_closing():
@@ -129,6 +150,40 @@ class _Connection:
     def hang_up(self, reason: str) -> None:
         log.warning("closing client connection %s: %s", self.peer, reason)
         self.writer.close()
+
+    def closed(self) -> None:
+        closers, self.closers = self.closers, []
+        for close in closers:
+            try:
+                close()
+            except Exception:
+                log.exception("cleaning up after client %s failed", self.peer)
+
+
+class _Stream:
+    """The later answers of one streaming request (a watch) on its connection."""
+
+    __slots__ = ("_max_frame", "conn", "ready", "request_id")
+
+    def __init__(self, conn: _Connection, request_id: int, max_frame: int) -> None:
+        self.conn = conn
+        self.request_id = request_id
+        self._max_frame = max_frame
+        self.ready = asyncio.Event()
+
+    @property
+    def owner(self) -> object:
+        return self.conn
+
+    async def send(self, body: dict[str, Any]) -> None:
+        await self.conn.send(encode_frame(encode_response(self.request_id, body),
+                                          self._max_frame))
+
+    def on_close(self, callback: Callable[[], None]) -> None:
+        if self.conn.writer.is_closing():
+            callback()
+        else:
+            self.conn.closers.append(callback)
 
 
 class ClientServer:
@@ -188,6 +243,7 @@ class ClientServer:
         finally:
             self._connections.discard(conn)
             writer.close()
+            conn.closed()
             conn.done.set()
 
     async def _read_loop(self, conn: _Connection, tasks: asyncio.TaskGroup) -> None:
@@ -234,9 +290,17 @@ class ClientServer:
         return True
 
     async def _serve(self, conn: _Connection, request_id: int, req: Request) -> None:
+        stream: _Stream | None = None
         try:
             try:
-                result = await self._execute(req)
+                if isinstance(req, WatchRequest):
+                    self._check_key_sizes(RangeRequest(key=req.key, range_end=req.range_end))
+                    stream = _Stream(conn, request_id, self._max_frame)
+                    result = await self._service.watch(req, stream)
+                elif isinstance(req, WatchCancelRequest):
+                    result = self._service.watch_cancel(req.watch_id, conn)
+                else:
+                    result = await self._execute(req)
                 frame = encode_frame(encode_response(request_id, result), self._max_frame)
             except QuorumKVError as err:  # includes an answer too large for a frame
                 frame = self._error_frame(request_id, err)
@@ -246,6 +310,8 @@ class ClientServer:
                 frame = self._error_frame(
                     request_id, QuorumKVError(f"internal error: {type(err).__name__}"))
             await conn.send(frame)
+            if stream is not None:
+                stream.ready.set()  # the watch's own messages may follow its first answer
         finally:
             conn.slots.release()
 
@@ -285,6 +351,12 @@ class ClientServer:
             result = await self._service.leave(token=req.token)
         elif isinstance(req, DigestRequest):
             result = await self._service.digest()
+        elif isinstance(req, LeaseKeepAliveRequest):
+            result = self._service.lease_keepalive(req.id)
+        elif isinstance(req, LeaseTimeToLiveRequest):
+            result = await self._service.lease_ttl(req.id, keys=req.keys)
+        elif isinstance(req, LeaseListRequest):
+            result = await self._service.lease_list()
         else:
             assert isinstance(req, HelloRequest)
             # The protocol version is this module's to state, not the node's.

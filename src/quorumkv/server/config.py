@@ -84,6 +84,10 @@ class NodeConfig:
     min_heartbeat_std_s: float = 0.25
     """Floor on the spread of heartbeat intervals the detector assumes: with perfectly
     regular heartbeats phi would leap from 0 to its cap within a few milliseconds."""
+    watch_buffer_events: int = 10_000
+    """Events that may wait for one watcher before it is cancelled as too slow."""
+    watch_progress_s: float = 5.0
+    """How often an idle watch that asked for progress learns the current revision."""
     health_interval_ms: int = 200
     """A peer that sent nothing else for this long sends a health ping."""
     tick_ms: int = 100

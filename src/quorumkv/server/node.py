@@ -39,6 +39,7 @@ from dataclasses import asdict, replace
 from typing import Any
 
 from quorumkv.client import protocol
+from quorumkv.client.coordination_wire import WatchRequest
 from quorumkv.client.protocol import MemberListRequest, StatusRequest
 from quorumkv.cluster.failure_detector import DetectorConfig, FailureDetector, Health
 from quorumkv.errors import (
@@ -61,11 +62,13 @@ from quorumkv.server.client_api import ClientServer
 from quorumkv.server.config import NodeConfig, node_id_for, parse_address
 from quorumkv.server.data_dir import DataDir
 from quorumkv.server.join import join_cluster
+from quorumkv.server.leases import LeaseManager
 from quorumkv.server.member_status import member_statuses
 from quorumkv.server.membership import Membership
 from quorumkv.server.raft_group import RaftGroup
 from quorumkv.server.replicas import ReplicaClients
 from quorumkv.server.state_machine_io import restore_snapshot
+from quorumkv.server.watches import WatchHub, WatchStream
 from quorumkv.storage import SnapshotStore, WriteAheadLog
 from quorumkv.transport.peers import PeerTransport
 
@@ -94,6 +97,10 @@ class Node:
         self._was_member = False
         self.removed = False
         self.membership = Membership(self)
+        self.leases = LeaseManager(
+            self, min_ttl=2 * config.election_ticks * config.tick_ms / 1000)
+        self.watches = WatchHub(self._store, max_buffered=config.watch_buffer_events,
+                                progress_interval=config.watch_progress_s, header=self.header)
         self.detector = FailureDetector(DetectorConfig(
             suspect_phi=config.suspect_phi, failed_phi=config.failed_phi,
             max_silence=config.failed_after_s, acceptable_pause=config.acceptable_pause_s,
@@ -248,6 +255,8 @@ class Node:
                                snapshot_threshold=cfg.snapshot_threshold,
                                scratch_dir=self.data.scratch)
         self.group.on_membership_change = self._refresh_members
+        self.group.on_events = self.watches.on_applied
+        self.group.on_snapshot_installed = self.watches.restart_all
         await self.transport.start()
         self.client_server = ClientServer(self, host=cfg.client_host, port=cfg.client_port,
                                           max_frame=cfg.max_request_bytes, limits=self.limits)
@@ -270,7 +279,8 @@ class Node:
             asyncio.create_task(self._ping_idle_peers(), name="health-pings"),
             asyncio.create_task(self.membership.promote_caught_up_learners(),
                                 name="promote-learners"),
-            asyncio.create_task(self._watch_for_removal(), name="removal-watch")]
+            asyncio.create_task(self._watch_for_removal(), name="removal-watch"),
+            asyncio.create_task(self.leases.run(), name="lease-expiry")]
         stop_task = asyncio.create_task(self._stopped.wait())
         done, _ = await asyncio.wait({group_task, stop_task},
                                      return_when=asyncio.FIRST_COMPLETED)
@@ -355,6 +365,8 @@ class Node:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.watches.close()
+        await self.leases.close()
         if self.client_server is not None:
             await self.client_server.close()
         assert self.group is not None
@@ -383,6 +395,10 @@ class Node:
 
     def _on_peer_arrival(self, sender: int) -> None:
         self.detector.heartbeat(sender, asyncio.get_running_loop().time())
+
+    def _store(self) -> KVStore:
+        assert self.kv is not None
+        return self.kv
 
     # -- who is who ----------------------------------------------------------------------
 
@@ -590,6 +606,25 @@ class Node:
                           "once writes have stopped")
         return {"digest": digest, "applied_index": applied, "revision": revision,
                 "header": self.header()}
+
+    # -- coordination: watches and leases ----------------------------------------------
+
+    async def watch(self, req: WatchRequest, stream: WatchStream) -> dict[str, Any]:
+        return await self.watches.create(req, stream)
+
+    def watch_cancel(self, watch_id: int, owner: object) -> dict[str, Any]:
+        if not self.watches.cancel(watch_id, owner):
+            raise InvalidArgument(f"no watch {watch_id} on this connection")
+        return {"canceled": True, "header": self.header()}
+
+    def lease_keepalive(self, lease_id: int) -> dict[str, Any]:
+        return self.leases.keepalive(lease_id)
+
+    async def lease_ttl(self, lease_id: int, *, keys: bool) -> dict[str, Any]:
+        return await self.leases.time_to_live(lease_id, keys=keys)
+
+    async def lease_list(self) -> dict[str, Any]:
+        return await self.leases.list()
 
     def hello(self) -> dict[str, Any]:
         return {"name": self.config.name, "id": self.node_id,

@@ -34,7 +34,7 @@ from quorumkv.errors import (
     QuorumKVError,
     Timeout,
 )
-from quorumkv.kv import Applied, KVStore
+from quorumkv.kv import Applied, Event, KVStore
 from quorumkv.kv.members import MembershipChange
 from quorumkv.raft.config import RaftConfig
 from quorumkv.raft.entries import ConfChange, SnapshotMeta
@@ -132,6 +132,10 @@ class RaftGroup:
         self.on_leader_change: Callable[[int], None] | None = None
         self.on_membership_change: Callable[[], None] | None = None
         """Called after a membership change or a snapshot was applied."""
+        self.on_events: Callable[[list[Event], int], None] | None = None
+        """Called with the events of each applied batch and the store's revision after it."""
+        self.on_snapshot_installed: Callable[[], None] | None = None
+        """The store jumped to a snapshot's state: no events exist for what it skipped."""
 
     # -- input from other tasks ------------------------------------------------------
 
@@ -308,6 +312,11 @@ class RaftGroup:
                        Timeout("the outcome of this write is unknown: the node installed a "
                                "snapshot over it"))
         self._applied_event.set()
+        if self.on_snapshot_installed is not None:
+            try:
+                self.on_snapshot_installed()
+            except Exception:
+                log.exception("handling an installed snapshot failed")
         self._membership_changed()
 
     def _membership_changed(self) -> None:
@@ -320,6 +329,12 @@ class RaftGroup:
     async def _apply(self, rd: Ready) -> None:
         batch = payloads(rd.committed_entries, self.kv.conf_state)
         outcomes = await asyncio.to_thread(self.kv.apply_batch, batch)
+        if self.on_events is not None:
+            events = [e for o in outcomes if isinstance(o, Applied) for e in o.events]
+            try:
+                self.on_events(events, self.kv.revision)
+            except Exception:
+                log.exception("delivering applied events failed")
         for e, outcome in zip(rd.committed_entries, outcomes, strict=True):
             w = self._waiters.pop(e.index, None)
             if w is None:
