@@ -18,6 +18,7 @@ import click
 from quorumkv.cli_bench import bench
 from quorumkv.cli_cluster import leave, member, status
 from quorumkv.cli_common import ClientSettings, QuorumKVGroup, group_options, parse_endpoints
+from quorumkv.cli_coordination import lease, lock, watch
 from quorumkv.cli_kv import delete, get, put, scan
 from quorumkv.cli_txn import txn
 from quorumkv.errors import QuorumKVError
@@ -39,7 +40,7 @@ def main(ctx: click.Context, endpoints: str, timeout: float, json_output: bool) 
                              json=json_output)
 
 
-for _command in (put, get, delete, scan, txn, status, member, leave, bench):
+for _command in (put, get, delete, scan, txn, status, member, leave, bench, watch, lease, lock):
     main.add_command(_command)
 
 

@@ -67,7 +67,7 @@ _RELEASED_UNDER_A_LATER_MARKER = [
 @settings(max_examples=100, deadline=None)
 @given(ops)
 @example(_RELEASED_UNDER_A_LATER_MARKER)
-@example(_RELEASED_UNDER_A_LATER_MARKER[:-2] + [("release", 0)])
+@example([*_RELEASED_UNDER_A_LATER_MARKER[:-2], ("release", 0)])
 def test_log_matches_model(operations: list[tuple[object, ...]]) -> None:
     with tempfile.TemporaryDirectory() as d, pytest.MonkeyPatch.context() as mp:
         # What is checked here is the log's logic; fsync would only add disk time.

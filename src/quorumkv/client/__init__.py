@@ -12,20 +12,42 @@ and ``close``. Transactions are built from the kv types exported here::
         kv.txn([Compare(key=b"k", target=CompareTarget.VERSION, op=CompareOp.EQUAL, value=0)],
                [Put(key=b"k", value=b"first")])
 
+Coordination: ``watch`` (an iterator of :class:`WatchResponse` batches of
+:class:`Event`), leases (``grant_lease``, ``revoke_lease``, ``lease_keepalive``,
+``lease_ttl``, ``leases``), and the recipes built on them, :class:`Lock` and
+:class:`Election` (blocking: :class:`BlockingLock`, :class:`BlockingElection`)::
+
+    with Client(["127.0.0.1:2379"]) as kv, BlockingLock(kv, "reports") as token:
+        ...  # hand ``token`` to whatever the lock protects
+
 The wire protocol both clients speak is documented in :mod:`quorumkv.client.protocol`.
 """
 
 from quorumkv.client.async_client import AsyncClient
-from quorumkv.client.client import Client
+from quorumkv.client.client import BlockingLease, BlockingWatch, Client
+from quorumkv.client.coordination_wire import WatchResponse
+from quorumkv.client.lease import Lease
 from quorumkv.client.members import DEFAULT_TOKEN, Member, Membership
 from quorumkv.client.protocol import Header
 from quorumkv.client.raw import RawClient
+from quorumkv.client.recipes import (
+    BlockingElection,
+    BlockingLeaderObserver,
+    BlockingLock,
+    Election,
+    LeaderObserver,
+    Lock,
+)
+from quorumkv.client.watch import Watch
 from quorumkv.kv.commands import Compare, CompareOp, CompareTarget, DeleteRange, Put, RangeRequest
 from quorumkv.kv.keys import ALL_KEYS, prefix_end
 from quorumkv.kv.results import (
     CompactResult,
     DeleteResult,
+    Event,
+    EventType,
     KeyValue,
+    LeaseRevokeResult,
     PutResult,
     RangeResult,
     TxnResponse,
@@ -36,6 +58,11 @@ __all__ = [
     "ALL_KEYS",
     "DEFAULT_TOKEN",
     "AsyncClient",
+    "BlockingElection",
+    "BlockingLeaderObserver",
+    "BlockingLease",
+    "BlockingLock",
+    "BlockingWatch",
     "Client",
     "CompactResult",
     "Compare",
@@ -43,8 +70,15 @@ __all__ = [
     "CompareTarget",
     "DeleteRange",
     "DeleteResult",
+    "Election",
+    "Event",
+    "EventType",
     "Header",
     "KeyValue",
+    "LeaderObserver",
+    "Lease",
+    "LeaseRevokeResult",
+    "Lock",
     "Member",
     "Membership",
     "Put",
@@ -54,5 +88,7 @@ __all__ = [
     "RawClient",
     "TxnResponse",
     "TxnResult",
+    "Watch",
+    "WatchResponse",
     "prefix_end",
 ]

@@ -24,6 +24,7 @@ one with AuthenticationFailed.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import secrets
 from collections.abc import Sequence
@@ -337,10 +338,12 @@ class AsyncClient:
         """A new lease of ``ttl`` seconds, kept alive in the background unless told not
         to; attach keys with ``put(..., lease=lease.id)``. See ``lease.py``."""
         lease_id = secrets.randbits(63) or 1
+        requested_at = asyncio.get_running_loop().time()
         result = await self._write(LeaseGrant(id=lease_id, ttl=ttl), None, needs_outcome=True)
         granted = _expect(result, LeaseGrantResult)
         return Lease(lease_id=granted.id, ttl=granted.ttl, keepalive=self.lease_keepalive,
-                     revoke=self.revoke_lease, keep_alive=keep_alive)
+                     revoke=self.revoke_lease, keep_alive=keep_alive,
+                     requested_at=requested_at)
 
     async def revoke_lease(self, lease_id: int) -> LeaseRevokeResult:
         """Revoke a lease: every key attached to it is deleted, at one revision."""

@@ -10,24 +10,41 @@ Each Client runs one AsyncClient on a private event loop in a background
 thread and hands it each call; the calling thread waits for the answer.
 Calls are thread-safe, and calls from several threads are pipelined on the
 one connection.
+
+Watches and leases have blocking forms too::
+
+    with kv.watch("jobs/", prefix=True) as w:      # created when watch() returns
+        for batch in w:                             # blocks for each WatchResponse
+            ...
+    lease = kv.grant_lease(10)                      # kept alive by the client's loop
+    kv.put("service/a", "addr", lease=lease.id)
+    lease.revoke()
+
+The locks and elections of :mod:`quorumkv.client.recipes` have blocking
+forms as well (``BlockingLock``, ``BlockingElection``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, TypeVar
 
 from quorumkv.client.async_client import AsyncClient, KeyLike
+from quorumkv.client.coordination_wire import WatchResponse
+from quorumkv.client.lease import Lease
 from quorumkv.client.members import DEFAULT_TOKEN, Member, Membership
+from quorumkv.client.watch import Watch
+from quorumkv.errors import Timeout
 from quorumkv.kv.commands import Compare, TxnOp
 from quorumkv.kv.results import (
     CompactResult,
     DeleteResult,
     KeyValue,
+    LeaseRevokeResult,
     PutResult,
     RangeResult,
     TxnResult,
@@ -49,6 +66,7 @@ class Client:
                                    read_consistency=read_consistency,
                                    write_consistency=write_consistency, cluster_id=cluster_id,
                                    max_frame=max_frame, backoff=backoff, max_backoff=max_backoff)
+        self._timeout = timeout
         self._loop = asyncio.new_event_loop()
         self._closed = False
         self._close_lock = threading.Lock()
@@ -61,6 +79,13 @@ class Client:
         try:
             self._loop.run_forever()
         finally:
+            # Background work still running (lease keep-alives, watches) ends here,
+            # cancelled as asyncio.run would, rather than being destroyed pending.
+            pending = [t for t in asyncio.all_tasks(self._loop) if not t.done()]
+            for task in pending:
+                task.cancel()
+            if pending:
+                self._loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
             self._loop.run_until_complete(self._loop.shutdown_asyncgens())
             # Host name lookups ran in the default executor; join its threads.
             self._loop.run_until_complete(self._loop.shutdown_default_executor())
@@ -177,3 +202,148 @@ class Client:
 
     def leave(self, *, token: str = DEFAULT_TOKEN) -> Member:
         return self._run(self._client.leave(token=token))
+
+    # -- watches and leases ----------------------------------------------------------
+
+    def watch(self, key: KeyLike, range_end: KeyLike | None = None, *, prefix: bool = False,
+              start_revision: int = 0, prev_kv: bool = False,
+              progress_notify: bool = False) -> BlockingWatch:
+        """:meth:`AsyncClient.watch`, blocking: returns once the watch exists on a node
+        (events from then on are captured), or raises Timeout after the client's timeout.
+        Iterate it for :class:`WatchResponse` batches; ``close()`` (or ``with``) ends it."""
+        timeout = self._timeout
+
+        async def create() -> Watch:
+            w = self._client.watch(key, range_end, prefix=prefix,
+                                   start_revision=start_revision, prev_kv=prev_kv,
+                                   progress_notify=progress_notify)
+            try:
+                async with asyncio.timeout(timeout):
+                    await w.wait_created()
+            except TimeoutError:
+                await w.cancel()
+                raise Timeout(f"no node created the watch within {timeout:g}s") from None
+            except BaseException:
+                await w.cancel()
+                raise
+            return w
+
+        return BlockingWatch(self, self._run(create()))
+
+    def grant_lease(self, ttl: int, *, keep_alive: bool = True) -> BlockingLease:
+        """:meth:`AsyncClient.grant_lease`, blocking; the keep-alive (if any) runs on the
+        client's loop until the lease is revoked or the client is closed."""
+        return BlockingLease(self, self._run(self._client.grant_lease(ttl,
+                                                                      keep_alive=keep_alive)))
+
+    def revoke_lease(self, lease_id: int) -> LeaseRevokeResult:
+        return self._run(self._client.revoke_lease(lease_id))
+
+    def lease_keepalive(self, lease_id: int) -> int:
+        return self._run(self._client.lease_keepalive(lease_id))
+
+    def lease_ttl(self, lease_id: int, *, keys: bool = False) -> dict[str, Any]:
+        return self._run(self._client.lease_ttl(lease_id, keys=keys))
+
+    def leases(self) -> dict[int, int]:
+        return self._run(self._client.leases())
+
+
+class BlockingWatch:
+    """A :class:`Watch` driven from a blocking thread: a context manager and an iterator."""
+
+    def __init__(self, client: Client, watch: Watch) -> None:
+        self._client = client
+        self._watch = watch
+
+    @property
+    def watch_id(self) -> int | None:
+        return self._watch.watch_id
+
+    @property
+    def next_revision(self) -> int:
+        """The first revision not delivered yet."""
+        return self._watch.next_revision
+
+    def __iter__(self) -> Iterator[WatchResponse]:
+        return self
+
+    def __next__(self) -> WatchResponse:
+        item = self.get()
+        if item is None:
+            raise StopIteration
+        return item
+
+    def get(self, timeout: float | None = None) -> WatchResponse | None:
+        """The next batch; None once the watch was closed, or when ``timeout`` seconds
+        pass first. Raises the error that ended the watch (Compacted, WatchCanceled)."""
+        async def step() -> WatchResponse | None:
+            try:
+                async with asyncio.timeout(timeout):
+                    return await self._watch.__anext__()
+            except (StopAsyncIteration, TimeoutError):
+                return None
+
+        return self._client._run(step())
+
+    def close(self) -> None:
+        """End the watch (idempotent; a no-op once the client is closed)."""
+        if not self._client._closed:
+            self._client._run(self._watch.cancel())
+
+    def __enter__(self) -> BlockingWatch:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+
+class BlockingLease:
+    """A :class:`Lease` seen from a blocking thread; ``with`` revokes it at the end."""
+
+    def __init__(self, client: Client, lease: Lease) -> None:
+        self._client = client
+        self._lease = lease
+
+    @property
+    def id(self) -> int:
+        return self._lease.id
+
+    @property
+    def ttl(self) -> int:
+        return self._lease.ttl
+
+    @property
+    def why_lost(self) -> str | None:
+        return self._lease.why_lost
+
+    def is_lost(self) -> bool:
+        """Known or presumed expired, or revoked (see :mod:`quorumkv.client.lease`)."""
+        return self._lease.lost.is_set()
+
+    def wait_lost(self, timeout: float | None = None) -> bool:
+        """Block until the lease is lost (True) or ``timeout`` passes (False)."""
+        async def wait() -> bool:
+            try:
+                async with asyncio.timeout(timeout):
+                    await self._lease.wait_lost()
+            except TimeoutError:
+                return False
+            return True
+
+        return self._client._run(wait())
+
+    def stop_keep_alive(self) -> None:
+        self._client._run(self._lease.stop_keep_alive())
+
+    def revoke(self) -> None:
+        """Revoke the lease now: its keys are deleted."""
+        self._client._run(self._lease.revoke())
+
+    def __enter__(self) -> BlockingLease:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.revoke()

@@ -31,7 +31,10 @@ log = logging.getLogger(__name__)
 class Lease:
     def __init__(self, *, lease_id: int, ttl: int,
                  keepalive: Callable[[int], Awaitable[int]],
-                 revoke: Callable[[int], Awaitable[object]], keep_alive: bool = True) -> None:
+                 revoke: Callable[[int], Awaitable[object]], keep_alive: bool = True,
+                 requested_at: float | None = None) -> None:
+        """``requested_at``: loop time the grant was sent (the lease cannot have been
+        granted earlier, so it is surely alive until then plus its TTL)."""
         self.id = lease_id
         self.ttl = ttl
         self._keepalive = keepalive
@@ -39,6 +42,9 @@ class Lease:
         self.lost = asyncio.Event()
         """Set once the lease is known or presumed expired (or revoked)."""
         self.why_lost: str | None = None
+        now = asyncio.get_running_loop().time()
+        self.valid_until = (now if requested_at is None else requested_at) + ttl
+        """Loop time until which the lease is surely alive (while kept alive)."""
         self._task: asyncio.Task[None] | None = None
         if keep_alive:
             self._task = asyncio.get_running_loop().create_task(
@@ -47,21 +53,29 @@ class Lease:
     async def _keep_alive(self) -> None:
         loop = asyncio.get_running_loop()
         interval = max(0.2, self.ttl / 3)
-        last_ok = loop.time()
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                await self._keepalive(self.id)
-                last_ok = loop.time()
-            except LeaseNotFound as e:
-                self._lose(f"the cluster no longer has lease {self.id}: {e.message}")
-                return
-            except QuorumKVError as e:
-                if loop.time() - last_ok >= self.ttl:
-                    self._lose(f"no keep-alive succeeded for {self.ttl}s ({e.message}); "
-                               f"the lease may have expired")
+        # The lease is surely alive until TTL after the *sending* of the last
+        # keep-alive that was answered: the leader renewed it no earlier.
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                sent = loop.time()
+                remaining = self.valid_until - sent
+                if remaining <= 0:
+                    self._lose(f"no keep-alive was answered for {self.ttl}s; the lease may "
+                               f"have expired")
                     return
-                log.debug("keep-alive of lease %d failed, retrying: %s", self.id, e.message)
+                try:
+                    await asyncio.wait_for(self._keepalive(self.id), remaining)
+                    self.valid_until = sent + self.ttl
+                except LeaseNotFound as e:
+                    self._lose(f"the cluster no longer has lease {self.id}: {e.message}")
+                    return
+                except (QuorumKVError, TimeoutError) as e:
+                    log.debug("keep-alive of lease %d failed, retrying: %s", self.id, e)
+        except asyncio.CancelledError:
+            if not self.lost.is_set():
+                self._lose("no longer kept alive")
+            raise
 
     def _lose(self, why: str) -> None:
         self.why_lost = why

@@ -10,6 +10,8 @@ client's timeout runs out:
   move to the next endpoint.
 * any other UnavailableError from the node (proposal dropped, leadership
   transfer, a node-side timeout): retry on the same node after a backoff.
+* no answer at all before the call's timeout: the call fails, and the
+  connection is dropped so the next call starts on another node.
 
 Moves to another node are tried at once while there are untried nodes (a
 quick failover pass), then with exponential backoff, so a cluster in the
@@ -89,6 +91,10 @@ class RetryingCaller:
                     return await future
             except TimeoutError:
                 maybe_applied |= attempt_sent
+                if conn is not None:
+                    # A node that answers nothing in a whole timeout (frozen, cut off)
+                    # must not hold the next calls too: they start on another node.
+                    await self._drop(conn, None)
                 break
             except UnavailableError as err:
                 last = err

@@ -100,7 +100,7 @@ class KVService(Protocol):
 
     def watch_cancel(self, watch_id: int, owner: object) -> dict[str, Any]: ...
 
-    def lease_keepalive(self, lease_id: int) -> dict[str, Any]: ...
+    async def lease_keepalive(self, lease_id: int) -> dict[str, Any]: ...
 
     async def lease_ttl(self, lease_id: int, *, keys: bool) -> dict[str, Any]: ...
 
@@ -352,7 +352,7 @@ class ClientServer:
         elif isinstance(req, DigestRequest):
             result = await self._service.digest()
         elif isinstance(req, LeaseKeepAliveRequest):
-            result = self._service.lease_keepalive(req.id)
+            result = await self._service.lease_keepalive(req.id)
         elif isinstance(req, LeaseTimeToLiveRequest):
             result = await self._service.lease_ttl(req.id, keys=req.keys)
         elif isinstance(req, LeaseListRequest):

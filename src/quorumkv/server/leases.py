@@ -23,7 +23,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from quorumkv.errors import LeaseNotFound, QuorumKVError
+from quorumkv.errors import LeaseNotFound, QuorumKVError, Timeout
 from quorumkv.kv import encode_command
 from quorumkv.kv.commands import LeaseRevoke
 
@@ -63,11 +63,23 @@ class LeaseManager:
 
     # -- client calls ------------------------------------------------------------------
 
-    def keepalive(self, lease_id: int) -> dict[str, Any]:
-        """Renew a lease for its full TTL. Only the leader keeps deadlines."""
+    async def keepalive(self, lease_id: int) -> dict[str, Any]:
+        """Renew a lease for its full TTL. Only the leader keeps deadlines.
+
+        Leadership is confirmed by a majority first (a ReadIndex round): a
+        leader that was frozen and deposed must not answer a renewal that the
+        new leader, which alone will expire the lease, never granted.
+        """
         self._require_leader()
-        kv = self.node.kv
-        assert kv is not None
+        group, kv = self.node.group, self.node.kv
+        assert group is not None and kv is not None
+        term = group.raft.term
+        try:
+            await asyncio.wait_for(group.read_index(), self.node.config.request_timeout_s)
+        except TimeoutError:
+            raise Timeout("leadership could not be confirmed to renew the lease") from None
+        if not self._leading() or group.raft.term != term:
+            raise self.node.leader_error()
         if lease_id in self._revoking:
             raise LeaseNotFound(f"lease {lease_id} has expired", lease=lease_id)
         # Asked of the store each time: a cached entry could outlive a revoke.

@@ -617,8 +617,8 @@ class Node:
             raise InvalidArgument(f"no watch {watch_id} on this connection")
         return {"canceled": True, "header": self.header()}
 
-    def lease_keepalive(self, lease_id: int) -> dict[str, Any]:
-        return self.leases.keepalive(lease_id)
+    async def lease_keepalive(self, lease_id: int) -> dict[str, Any]:
+        return await self.leases.keepalive(lease_id)
 
     async def lease_ttl(self, lease_id: int, *, keys: bool) -> dict[str, Any]:
         return await self.leases.time_to_live(lease_id, keys=keys)
