@@ -215,3 +215,25 @@ def test_a_watcher_that_does_not_read_is_cancelled_and_the_node_keeps_serving(
             assert len(delivered) < 600  # it was cut off, not fed everything
         finally:
             sock.close()
+
+
+def test_a_watch_on_a_frozen_node_resumes_elsewhere(tmp_path: Path) -> None:
+    with running_cluster(tmp_path, extra=_config(tmp_path, watch_progress_s=0.5)) as cluster:
+        cluster.leader_name()
+
+        async def main() -> None:
+            async with AsyncClient(cluster.endpoints, timeout=10.0) as c:
+                async with c.watch("f/", prefix=True) as w:
+                    frozen = cluster.node(str((c.server_info or {}).get("name")))
+                    frozen.pause()  # its connection stays open; it just says nothing
+                    try:
+                        others = [n.client_address for n in cluster.nodes if n is not frozen]
+                        async with AsyncClient(others, timeout=30.0) as writer:
+                            put = await writer.put("f/after", "v")
+                        got = await _collect(w, put.revision)
+                    finally:
+                        frozen.resume()
+                keys = [e.kv.key for r in got for e in r.events]
+                assert keys == [b"f/after"]
+                assert all(not r.progress for r in got)  # progress stays internal
+        asyncio.run(main())

@@ -11,10 +11,11 @@ Requests (``[request_id, op, args]`` like every other, see protocol.py)::
     "lease_list"   {}                                      -> {"leases": [{"id", "ttl"}], "header"}
 
 A watch is a *stream*: the node answers the request once,
-``{"watch_id": int, "revision": int, "header"}`` when the watch exists
-(``revision``: events after it are live; anything from ``start_revision``
-up to it is replayed first), then keeps sending response frames with the
-same request id::
+``{"watch_id": int, "revision": int, "progress_interval": float, "header"}``
+when the watch exists (``revision``: events after it are live; anything
+from ``start_revision`` up to it is replayed first; ``progress_interval``:
+how often an idle watch with ``progress_notify`` hears from the node), then
+keeps sending response frames with the same request id::
 
     {"watch_id", "events": [event], "revision": int, "header"}   events of whole revisions,
                                                                   in revision order

@@ -19,6 +19,13 @@ it was cancelled) ends the iteration with that error.
 Events that arrive faster than the caller takes them wait in a queue of at
 most ``max_pending`` messages; beyond it the watch is cancelled (the same
 rule the node applies to a slow watcher): memory stays bounded.
+
+A node can also stop answering without closing the connection (frozen,
+cut off by a partition). The watch always asks for progress
+notifications, which an idle watch receives every ``progress_interval``
+(the node says how often); hearing nothing for three of those, it takes
+the node for dead and resumes elsewhere. Progress messages reach the
+caller only if it asked for them.
 """
 
 from __future__ import annotations
@@ -68,6 +75,7 @@ class Watch:
         self._request_id: int | None = None
         self._created = asyncio.Event()
         self._closed = False
+        self._last_heard = 0.0
         self._task = asyncio.get_running_loop().create_task(self._run(), name="quorumkv-watch")
 
     async def wait_created(self) -> None:
@@ -151,7 +159,7 @@ class Watch:
         self._stream_end = None
         req = WatchRequest(key=self._req.key, range_end=self._req.range_end,
                            start_revision=self.next_revision, prev_kv=self._req.prev_kv,
-                           progress_notify=self._req.progress_notify)
+                           progress_notify=True)
         try:
             self._request_id, first = conn.open_stream(req, self._on_message)
             await conn.drain()
@@ -166,7 +174,15 @@ class Watch:
         if self.next_revision == 0:
             self.next_revision = _int(created.get("revision")) + 1
         self._created.set()
-        await self._stream_ended.wait()
+        interval = created.get("progress_interval")
+        silence = 3 * interval + 1 if isinstance(interval, int | float) and interval > 0 else 30
+        if not await self._until_end_or_silence(silence):
+            log.info("watch: nothing heard from %s for %.1fs; resuming on another node",
+                     (self._caller.server_info or {}).get("name", "the node"), silence)
+            if self._request_id is not None:
+                conn.forget_stream(self._request_id)
+            await self._caller.drop_connection(conn)
+            return None
         end = self._stream_end
         if isinstance(end, WatchEnd):
             if end.code in _RESUME_CODES:
@@ -179,7 +195,23 @@ class Watch:
             return None
         return end
 
+    async def _until_end_or_silence(self, silence: float) -> bool:
+        """Wait for the stream to end (True), or for ``silence`` seconds without a word
+        from the node (False)."""
+        loop = asyncio.get_running_loop()
+        self._last_heard = loop.time()
+        while True:
+            left = self._last_heard + silence - loop.time()
+            if left <= 0:
+                return False
+            try:
+                await asyncio.wait_for(self._stream_ended.wait(), left)
+                return True
+            except TimeoutError:
+                continue
+
     def _on_message(self, message: dict[str, Any] | QuorumKVError) -> None:
+        self._last_heard = asyncio.get_running_loop().time()
         if isinstance(message, QuorumKVError):
             self._end(message)
             return
@@ -195,7 +227,7 @@ class Watch:
         if parsed.revision < self.next_revision and not events:
             return  # already delivered (a resumed stream repeating itself)
         self.next_revision = max(self.next_revision, parsed.revision + 1)
-        if events or parsed.progress:
+        if events or (parsed.progress and self._req.progress_notify):
             if self._queue.qsize() >= self._max_pending:
                 self._end(WatchEnd(watch_id=parsed.watch_id, code="watch_canceled",
                                    reason=f"the caller is too slow: {self._max_pending} "

@@ -119,7 +119,8 @@ class WatchHub:
         if self._progress_task is None:
             self._progress_task = asyncio.get_running_loop().create_task(
                 self._progress_loop(), name="watch-progress")
-        return {"watch_id": w.id, "revision": current, "header": self._header()}
+        return {"watch_id": w.id, "revision": current,
+                "progress_interval": self.progress_interval, "header": self._header()}
 
     def cancel(self, watch_id: int, owner: object) -> bool:
         """Cancel a watch created on connection ``owner``; False if there is none such."""
