@@ -40,6 +40,22 @@ class ClientSettings:
         return Client(self.endpoints, timeout=self.timeout, **kw)
 
 
+def lease_id_option(ctx: click.Context, param: click.Parameter, value: str | None,
+                    ) -> int | None:
+    """A lease id given in decimal or ``0x`` hex (click callback); None if not given."""
+    if value is None:
+        return None
+    s = value.strip().lower()
+    try:
+        lease_id = int(s[2:], 16) if s.startswith("0x") else int(s, 10)
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a lease id (decimal, or hex with 0x)",
+                                 ctx, param) from None
+    if not 0 < lease_id < 1 << 63:
+        raise click.BadParameter("a lease id is a positive 63-bit integer", ctx, param)
+    return lease_id
+
+
 def parse_endpoints(text: str) -> tuple[str, ...]:
     endpoints = tuple(p.strip() for p in text.split(",") if p.strip())
     if not endpoints:

@@ -24,6 +24,7 @@ from quorumkv.cli_common import (
     client_command,
     emit_json,
     kv_json,
+    lease_id_option,
     text,
 )
 from quorumkv.client import AsyncClient, Event, EventType, Lock
@@ -39,14 +40,8 @@ def _arg_bytes(value: str) -> bytes:
 
 
 def _lease_id(ctx: click.Context, param: click.Parameter, value: str) -> int:
-    s = value.strip().lower()
-    try:
-        lease_id = int(s[2:], 16) if s.startswith("0x") else int(s, 10)
-    except ValueError:
-        raise click.BadParameter(f"{value!r} is not a lease id (decimal, or hex with 0x)",
-                                 ctx, param) from None
-    if lease_id <= 0:
-        raise click.BadParameter("a lease id is positive", ctx, param)
+    lease_id = lease_id_option(ctx, param, value)
+    assert lease_id is not None
     return lease_id
 
 

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import click
 
-from quorumkv.cli_common import ClientSettings, client_command, emit_json, kv_json, text
+from quorumkv.cli_common import (
+    ClientSettings,
+    client_command,
+    emit_json,
+    kv_json,
+    lease_id_option,
+    text,
+)
 from quorumkv.client import ALL_KEYS, KeyValue, RangeResult, prefix_end
 from quorumkv.errors import InvalidArgument
 
@@ -22,11 +29,16 @@ def _arg_bytes(value: str) -> bytes:
 @click.argument("value")
 @click.option("--consistency", type=click.Choice(WRITE_LEVELS), default="quorum",
               show_default=True, help="When the write is acknowledged.")
+@click.option("--lease", "lease", default=None, callback=lease_id_option,
+              help="Attach the key to this lease (from `quorumkv lease grant`): it is deleted "
+                   "when the lease expires or is revoked.")
 @client_command
-def put(key: str, value: str, consistency: str, *, settings: ClientSettings) -> None:
+def put(key: str, value: str, consistency: str, lease: int | None, *,
+        settings: ClientSettings) -> None:
     """Set KEY to VALUE."""
     with settings.client() as c:
-        result = c.put(_arg_bytes(key), _arg_bytes(value), consistency=consistency)
+        result = c.put(_arg_bytes(key), _arg_bytes(value), consistency=consistency,
+                       lease=lease or 0)
     if settings.json:
         emit_json({"revision": result.revision})
     elif result.revision:

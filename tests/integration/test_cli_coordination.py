@@ -133,8 +133,7 @@ def test_lease_grant_ttl_list_revoke(cluster: Cluster) -> None:
     lease_id = int(ok(cli(cluster, "lease", "grant", "60")).strip())
     doc = json.loads(ok(cli(cluster, "lease", "ttl", str(lease_id), "--json")))
     assert doc["id"] == lease_id and doc["ttl"] == 60 and 0 < doc["remaining"] <= 60
-    with Client(cluster.endpoints, timeout=10.0) as c:
-        c.put(b"cl/leased", b"v", lease=lease_id)
+    ok(cli(cluster, "put", "cl/leased", "v", "--lease", str(lease_id)))
     shown = ok(cli(cluster, "lease", "ttl", hex(lease_id), "--keys")).splitlines()
     assert shown[0].startswith(f"lease {lease_id}: ttl 60s") and shown[1:] == ["cl/leased"]
     assert f"{lease_id} ttl=60" in ok(cli(cluster, "lease", "list")).splitlines()
@@ -148,6 +147,8 @@ def test_lease_grant_ttl_list_revoke(cluster: Cluster) -> None:
     assert gone.returncode == 1 and "error (lease_not_found)" in gone.stderr
     bad = cli(cluster, "lease", "revoke", "not-a-number")
     assert bad.returncode == 2 and "lease id" in bad.stderr
+    expired = cli(cluster, "put", "cl/late", "v", "--lease", str(lease_id))
+    assert expired.returncode == 1 and "error (lease_not_found)" in expired.stderr
 
 
 def test_lease_keep_alive_keeps_it_until_interrupted(cluster: Cluster) -> None:
