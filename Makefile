@@ -7,8 +7,9 @@ STAMP := $(VENV)/.installed
 SEEDS ?= 20000
 SEED ?=
 NODES ?= 5
+DURATION ?= 600
 
-.PHONY: test lint run sim-demo sim replay clean
+.PHONY: test lint run sim-demo sim replay chaos clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -39,6 +40,11 @@ sim: $(STAMP)
 # Replay one seed exactly: make replay SEED=1234 NODES=3
 replay: $(STAMP)
 	$(BIN)/python -m quorumkv.sim run --seed $(SEED) --nodes $(NODES) --verbose
+
+# Faults on real processes, 3 then 5 nodes, DURATION seconds each:
+# make chaos DURATION=600 SEED=7 (a failing run keeps its evidence and prints where)
+chaos: $(STAMP)
+	$(BIN)/python tests/chaos/runner.py --nodes 3,5 --duration $(DURATION) $(if $(SEED),--seed $(SEED),)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
