@@ -8,7 +8,9 @@
 A run starts a cluster of real ``quorumkv serve`` processes whose peer
 traffic goes through proxies that can cut any pair (proxy.py), and drives
 concurrent clients (one AsyncClient each) doing put / get / compare-and-swap
-on a few keys at the default (quorum) consistency. Every operation is
+on a few keys at the default (quorum) consistency, and a few "session"
+clients on keys of their own whose reads must be monotonic and read their
+own writes (what that level promises; it is not linearizable). Every operation is
 recorded with its invocation and completion on one monotonic clock:
 ``ok``, ``fail`` (it surely did not happen: refused, or never sent) or
 ``unknown`` (it may have happened: a timeout after it was sent).
@@ -56,6 +58,7 @@ from quorumkv.verify.history import History
 from quorumkv.verify.linearizability import check_kv
 
 KEYS = [f"k{i}" for i in range(5)]
+SESSION_KEYS = [f"s{i}" for i in range(3)]
 OP_TIMEOUT = 3.0
 
 
@@ -254,6 +257,43 @@ async def _client(n: int, endpoints: list[str], history: History, stop: asyncio.
                 history.unknown(op)
 
 
+@dataclass
+class SessionLog:
+    """What "session" promises one client, checked from what it saw (not linearizability:
+    a session read may be stale, just never older than what this client already saw)."""
+
+    violations: list[str] = field(default_factory=list)
+    reads: int = 0
+    writes: int = 0
+
+
+async def _session_client(n: int, endpoints: list[str], log: SessionLog, stop: asyncio.Event,
+                          rng: random.Random) -> None:
+    seen: dict[str, int] = {}      # key -> highest mod revision read
+    written: dict[str, int] = {}   # key -> revision of our last acknowledged put
+    async with AsyncClient(endpoints, timeout=OP_TIMEOUT, read_consistency="session") as c:
+        while not stop.is_set():
+            key = rng.choice(SESSION_KEYS)
+            try:
+                if rng.random() < 0.4:
+                    put = await c.put(key, f"s{n}".encode())
+                    written[key] = max(written.get(key, 0), put.revision)
+                    log.writes += 1
+                    continue
+                kv = await c.get(key)
+            except QuorumKVError:
+                continue
+            log.reads += 1
+            rev = 0 if kv is None else kv.mod_revision
+            if rev < seen.get(key, 0):
+                log.violations.append(f"client {n}: {key} read at revision {rev} after "
+                                      f"{seen[key]} (not monotonic)")
+            if rev < written.get(key, 0):
+                log.violations.append(f"client {n}: {key} read at revision {rev} after its "
+                                      f"own write at {written[key]} (not read-your-writes)")
+            seen[key] = max(seen.get(key, 0), rev)
+
+
 async def _quiet_get(c: AsyncClient, key: str) -> bytes | None:
     try:
         kv = await c.get(key)
@@ -285,11 +325,12 @@ async def _converge(cluster: ChaosCluster, timeout: float) -> str | None:
 
 
 async def run(*, nodes: int, duration: float, seed: int, clients: int = 10,
-              keep_root: Path | None = None) -> Verdict:
+              session_clients: int = 3, keep_root: Path | None = None) -> Verdict:
     rng = random.Random(seed)
     root = Path(tempfile.mkdtemp(prefix=f"quorumkv-chaos-{seed}-"))
     cluster = ChaosCluster(root, nodes)
     history = History()
+    sessions = SessionLog()
     log: list[str] = []
     nemesis = Nemesis(cluster, random.Random(rng.getrandbits(64)), log)
     ok = False
@@ -304,6 +345,9 @@ async def run(*, nodes: int, duration: float, seed: int, clients: int = 10,
         tasks = [asyncio.ensure_future(_client(i, cluster.endpoints, history, stop,
                                                random.Random(rng.getrandbits(64))))
                  for i in range(clients)]
+        tasks += [asyncio.ensure_future(_session_client(
+            i, cluster.endpoints, sessions, stop, random.Random(rng.getrandbits(64))))
+            for i in range(session_clients)]
         fault_task = asyncio.ensure_future(nemesis.run(stop))
         await asyncio.sleep(duration)
         stop.set()
@@ -328,8 +372,12 @@ async def run(*, nodes: int, duration: float, seed: int, clients: int = 10,
             reason = f"replicas did not converge: {why}"
         elif not result.ok:
             reason = result.reason
+        elif sessions.violations:
+            reason = (f"session guarantees broken ({len(sessions.violations)}): "
+                      + "; ".join(sessions.violations[:3]))
         else:
-            ok, reason = True, result.reason
+            ok, reason = True, (f"{result.reason}; session: {sessions.reads} reads, "
+                                f"{sessions.writes} writes, monotonic and read-your-writes")
     except Exception as e:  # the verdict must say what broke, and keep the evidence
         reason = f"run failed: {type(e).__name__}: {e}"
     finally:
