@@ -19,7 +19,8 @@ grouped by whose fault they are and what the caller may do about it::
      │    ├── Timeout                outcome unknown: the write may have happened
      │    │    └── QuorumNotReached   a majority did not confirm in time
      │    ├── NetworkError
-     │    └── WatchCanceled          a watch ended by the node (too slow a reader)
+     │    ├── WatchCanceled          a watch ended by the node (too slow a reader)
+     │    └── ResourceExhausted      a node limit is reached (connections, watches)
      ├── ConsistencyError            the requested consistency could not be met
      │    ├── ReplicaReadFailed
      │    ├── ReplicaWriteFailed     the write IS committed; not every voter applied
@@ -138,6 +139,13 @@ class WatchCanceled(UnavailableError):
     from the revision after the last one received."""
 
     code = "watch_canceled"
+
+
+class ResourceExhausted(UnavailableError):
+    """A limit of the node is reached (client connections, watches): retry later, or
+    elsewhere, once some are released."""
+
+    code = "resource_exhausted"
 
 
 class ConsistencyError(QuorumKVError):

@@ -18,6 +18,18 @@ request with a usable id gets an InvalidArgument answer and the connection
 goes on; a frame announced longer than ``max_frame`` closes the connection
 before its body is read. The listener and every other connection carry on.
 
+Limits. At most ``max_connections`` connections are served at once: one
+beyond it is sent a single ResourceExhausted error (request id 0, which no
+client uses) and closed. A client that has begun a frame must send the rest
+of it within ``frame_timeout`` seconds of the server waiting for it (time the
+server spends not reading, because the connection's ``max_inflight`` requests
+are all in flight, does not count), or the connection is closed: a stalled
+half frame (slow loris) holds no buffer and no connection slot for long. A
+connection with no incomplete frame may stay idle for ever: clients keep
+idle connections, and a watch is one. So a connection buffers at most
+``max_frame`` bytes of an incomplete request (plus one read chunk), and runs
+at most ``max_inflight`` requests.
+
 Shutdown. :meth:`ClientServer.close` stops accepting, stops reading new
 requests, waits for the requests in flight to be answered, then closes the
 connections.
@@ -57,7 +69,7 @@ from quorumkv.client.protocol import (
     request_id_of,
     unpack_payload,
 )
-from quorumkv.errors import InvalidArgument, KeyTooLarge, QuorumKVError
+from quorumkv.errors import InvalidArgument, KeyTooLarge, QuorumKVError, ResourceExhausted
 from quorumkv.kv.commands import Command, RangeRequest
 from quorumkv.kv.validation import Limits, validate
 from quorumkv.transport.framing import FrameDecoder, FrameTooLarge, encode_frame
@@ -188,9 +200,12 @@ class _Stream:
 
 class ClientServer:
     def __init__(self, service: KVService, *, host: str, port: int, max_frame: int = 4 << 20,
-                 limits: Limits, max_inflight: int = 1024) -> None:
+                 limits: Limits, max_inflight: int = 1024, max_connections: int = 1024,
+                 frame_timeout: float = 30.0) -> None:
         """``max_inflight`` bounds the requests one connection may have in flight;
-        beyond it the server stops reading that connection until some finish."""
+        beyond it the server stops reading that connection until some finish.
+        ``max_connections`` bounds the connections served at once; ``frame_timeout``
+        (seconds) is how long a client may take to finish a frame it started."""
         self._service = service
         self._host = host
         self.port = port
@@ -198,6 +213,10 @@ class ClientServer:
         self._max_frame = max_frame
         self._limits = limits
         self._max_inflight = max_inflight
+        self._max_connections = max_connections
+        self._frame_timeout = frame_timeout
+        self.refused_connections = 0
+        """Connections turned away because ``max_connections`` were open."""
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._closing = False
@@ -235,6 +254,9 @@ class ClientServer:
         if self._closing:
             writer.close()
             return
+        if len(self._connections) >= self._max_connections:
+            await self._refuse(writer)
+            return
         conn = _Connection(reader, writer, self._max_inflight)
         self._connections.add(conn)
         try:
@@ -246,13 +268,45 @@ class ClientServer:
             conn.closed()
             conn.done.set()
 
+    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+        """Turn a connection away: one ResourceExhausted answer (id 0), then close."""
+        self.refused_connections += 1
+        if self.refused_connections == 1 or self.refused_connections % 1000 == 0:
+            log.warning("refusing client connection %s: %d connections open, the limit "
+                        "(%d refused so far)", writer.get_extra_info("peername"),
+                        len(self._connections), self.refused_connections)
+        err = ResourceExhausted(f"the node serves {len(self._connections)} client "
+                                f"connections, its limit (max_client_connections "
+                                f"{self._max_connections}); retry later or elsewhere",
+                                limit=self._max_connections)
+        try:
+            writer.write(encode_frame(encode_error_response(0, err), self._max_frame))
+            async with asyncio.timeout(1.0):  # a refused client gets no more of our time
+                await writer.drain()
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            writer.close()
+
     async def _read_loop(self, conn: _Connection, tasks: asyncio.TaskGroup) -> None:
         decoder = FrameDecoder(self._max_frame)
+        budget = self._frame_timeout  # seconds left to wait for the rest of a pending frame
+        loop = asyncio.get_running_loop()
         while True:
+            pending = decoder.pending > 0
+            started = loop.time()
             try:
-                data = await conn.reader.read(_READ_CHUNK)
+                # Only an incomplete frame is timed: an idle connection may stay idle.
+                async with asyncio.timeout(budget if pending else None):
+                    data = await conn.reader.read(_READ_CHUNK)
+            except TimeoutError:
+                conn.hang_up(f"an incomplete request frame ({decoder.pending} bytes) was not "
+                             f"completed within {self._frame_timeout} s")
+                return
             except OSError:
                 return  # reset by the client: nothing more to read
+            if pending:
+                budget -= loop.time() - started
             if not data:
                 return  # the client closed its side; answers to what it sent still go out
             try:
@@ -260,6 +314,8 @@ class ClientServer:
             except FrameTooLarge as err:
                 conn.hang_up(err.message)
                 return
+            if frames or not pending:
+                budget = self._frame_timeout  # a new frame (if one is pending) starts now
             for frame in frames:
                 if not await self._accept(conn, frame, tasks):
                     return

@@ -88,6 +88,17 @@ class NodeConfig:
     """Events that may wait for one watcher before it is cancelled as too slow."""
     watch_progress_s: float = 5.0
     """How often an idle watch that asked for progress learns the current revision."""
+    max_watches: int = 10_000
+    """Watches open on this node at once; beyond, a watch request gets ResourceExhausted."""
+    max_watches_per_connection: int = 1000
+    """Watches open on one client connection at once."""
+    max_client_connections: int = 1024
+    """Client connections open at once; a connection beyond it is answered with one
+    ResourceExhausted error (request id 0) and closed."""
+    client_frame_timeout_s: float = 30.0
+    """A client that started a request frame must finish sending it within this time
+    (while the node waits for it), or its connection is closed. An idle connection,
+    with no incomplete frame, may stay open indefinitely."""
     health_interval_ms: int = 200
     """A peer that sent nothing else for this long sends a health ping."""
     tick_ms: int = 100
@@ -119,6 +130,11 @@ class NodeConfig:
                 or self.failed_after_s <= 0 or self.health_interval_ms <= 0):
             raise InvalidArgument("min_heartbeat_std_s, failed_after_s and health_interval_ms "
                                   "must be positive, acceptable_pause_s not negative")
+        if (self.max_watches < 1 or self.max_watches_per_connection < 1
+                or self.max_client_connections < 1 or not self.client_frame_timeout_s > 0):
+            raise InvalidArgument("max_watches, max_watches_per_connection, "
+                                  "max_client_connections and client_frame_timeout_s must "
+                                  "be positive")
 
     @property
     def node_id(self) -> int:

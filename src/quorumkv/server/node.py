@@ -100,7 +100,9 @@ class Node:
         self.leases = LeaseManager(
             self, min_ttl=2 * config.election_ticks * config.tick_ms / 1000)
         self.watches = WatchHub(self._store, max_buffered=config.watch_buffer_events,
-                                progress_interval=config.watch_progress_s, header=self.header)
+                                progress_interval=config.watch_progress_s, header=self.header,
+                                max_watches=config.max_watches,
+                                max_per_owner=config.max_watches_per_connection)
         self.detector = FailureDetector(DetectorConfig(
             suspect_phi=config.suspect_phi, failed_phi=config.failed_phi,
             max_silence=config.failed_after_s, acceptable_pause=config.acceptable_pause_s,
@@ -259,7 +261,9 @@ class Node:
         self.group.on_snapshot_installed = self.watches.restart_all
         await self.transport.start()
         self.client_server = ClientServer(self, host=cfg.client_host, port=cfg.client_port,
-                                          max_frame=cfg.max_request_bytes, limits=self.limits)
+                                          max_frame=cfg.max_request_bytes, limits=self.limits,
+                                          max_connections=cfg.max_client_connections,
+                                          frame_timeout=cfg.client_frame_timeout_s)
         await self.client_server.start()
         self._started = True
         log.info("node %s (id %d) serving clients on %s:%d, peers on %s:%d", cfg.name,

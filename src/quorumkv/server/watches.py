@@ -18,6 +18,10 @@ applied when the replay began; the live events of the buffer that the
 replay covered are dropped by ``next_revision``. A watch that starts ahead
 of the store (a lagging follower, a resumed client) simply waits.
 
+Limits: at most ``max_watches`` watches on the node and ``max_per_owner`` on one
+client connection; a watch beyond either is refused with ResourceExhausted
+(nothing is registered). A watch counts until it ends, however it ends.
+
 Progress: a watcher that asked for it and has nothing to send learns the
 current revision every ``progress_interval`` seconds, so an idle client can
 resume from there.
@@ -35,7 +39,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from quorumkv.client.coordination_wire import WatchRequest, event_to_wire
-from quorumkv.errors import Compacted, QuorumKVError
+from quorumkv.errors import Compacted, QuorumKVError, ResourceExhausted
 from quorumkv.kv import KVStore
 from quorumkv.kv.keys import ALL_KEYS
 from quorumkv.kv.results import Event
@@ -87,9 +91,14 @@ class _Watcher:
 class WatchHub:
     def __init__(self, kv: Callable[[], KVStore], *, max_buffered: int = 10_000,
                  progress_interval: float = 5.0,
-                 header: Callable[[], dict[str, Any]] | None = None) -> None:
+                 header: Callable[[], dict[str, Any]] | None = None,
+                 max_watches: int = 10_000, max_per_owner: int = 1000) -> None:
         self._kv = kv
         self.max_buffered = max_buffered
+        self.max_watches = max_watches
+        self.max_per_owner = max_per_owner
+        self._per_owner: dict[object, int] = {}
+        """Watches open per connection (only connections with at least one)."""
         self.progress_interval = progress_interval
         self._header = header or (lambda: {})
         self._watchers: dict[int, _Watcher] = {}
@@ -103,7 +112,17 @@ class WatchHub:
     # -- creating and cancelling ------------------------------------------------------
 
     async def create(self, req: WatchRequest, stream: WatchStream) -> dict[str, Any]:
-        """Register a watch; its first answer. Raises Compacted for a start too old."""
+        """Register a watch; its first answer. Raises Compacted for a start too old,
+        ResourceExhausted beyond a limit."""
+        if len(self._watchers) >= self.max_watches:
+            raise ResourceExhausted(f"this node already serves {len(self._watchers)} watches, "
+                                    f"its limit (max_watches {self.max_watches})",
+                                    limit=self.max_watches)
+        owned = self._per_owner.get(stream.owner, 0)
+        if owned >= self.max_per_owner:
+            raise ResourceExhausted(f"this connection already has {owned} watches, its limit "
+                                    f"(max_watches_per_connection {self.max_per_owner})",
+                                    limit=self.max_per_owner)
         kv = self._kv()
         current = kv.revision
         start = req.start_revision or current + 1
@@ -113,6 +132,7 @@ class WatchHub:
                             compact_revision=kv.compact_revision)
         w = _Watcher(id=next(self._ids), req=req, stream=stream, next_revision=start)
         self._watchers[w.id] = w
+        self._per_owner[stream.owner] = owned + 1
         stream.on_close(lambda: self._end(w))
         w.task = asyncio.get_running_loop().create_task(self._run(w, replay_to=current),
                                                         name=f"watch-{w.id}")
@@ -136,7 +156,7 @@ class WatchHub:
         if w.ended:
             return
         w.ended = True
-        self._watchers.pop(w.id, None)
+        self._forget(w)
         body = {"watch_id": w.id, "canceled": True, "reason": reason, "code": code,
                 "compact_revision": compact_revision, "header": self._header()}
         if w.task is not None:
@@ -154,9 +174,20 @@ class WatchHub:
     def _end(self, w: _Watcher) -> None:
         """The connection is gone: drop the watch without a word."""
         w.ended = True
-        self._watchers.pop(w.id, None)
+        self._forget(w)
         if w.task is not None:
             w.task.cancel()
+
+    def _forget(self, w: _Watcher) -> None:
+        """Unregister ``w`` (once, however many ways it ends)."""
+        if self._watchers.pop(w.id, None) is None:
+            return
+        owner = w.stream.owner
+        left = self._per_owner.get(owner, 0) - 1
+        if left > 0:
+            self._per_owner[owner] = left
+        else:
+            self._per_owner.pop(owner, None)
 
     def restart_all(self) -> None:
         """The store jumped ahead (a snapshot was installed): the events in between were
