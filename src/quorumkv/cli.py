@@ -49,6 +49,10 @@ for _command in (put, get, delete, scan, txn, status, member, leave, bench, watc
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where this node keeps its data.")
 @click.option("--peer-listen", default=None, help="HOST:PORT for other members [127.0.0.1:7001].")
 @click.option("--client-listen", default=None, help="HOST:PORT for clients [127.0.0.1:7101].")
+@click.option("--peer-advertise", default=None,
+              help="HOST:PORT other members reach the peer port at, if not --peer-listen.")
+@click.option("--client-advertise", default=None,
+              help="HOST:PORT clients reach the client port at, if not --client-listen.")
 @click.option("--initial-cluster", default=None,
               help="Initial members: NAME=PEERHOST:PORT,... (this node included).")
 @click.option("--client-urls", default=None,
@@ -75,7 +79,8 @@ for _command in (put, get, delete, scan, txn, status, member, leave, bench, watc
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"]))
 def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
-          client_listen: str | None, initial_cluster: str | None, client_urls: str | None,
+          client_listen: str | None, peer_advertise: str | None, client_advertise: str | None,
+          initial_cluster: str | None, client_urls: str | None,
           cluster_token: str | None, join: str | None, leave_on_shutdown: bool | None,
           max_voters: int | None, promote_lag: int | None, tick_ms: int | None,
           election_ticks: int | None, snapshot_threshold: int | None,
@@ -102,6 +107,10 @@ def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
                 n: f"{h}:{p}" for n, (h, p) in parse_initial_cluster(client_urls).items()}
         if join is not None:
             settings["join"] = parse_endpoints(join)
+        if peer_advertise is not None:
+            settings["peer_advertise"] = peer_advertise
+        if client_advertise is not None:
+            settings["client_advertise"] = client_advertise
         for key, value in (("cluster_token", cluster_token), ("tick_ms", tick_ms),
                            ("leave_on_shutdown", leave_on_shutdown),
                            ("max_voters", max_voters), ("promote_lag", promote_lag),

@@ -88,6 +88,8 @@ class ChaosCluster:
     nodes: list[NodeProcess] = field(default_factory=list)
     proxies: list[PeerProxy] = field(default_factory=list)
     ids: dict[str, int] = field(default_factory=dict)
+    base_args: dict[str, list[str]] = field(default_factory=dict)
+    """Each node's command line without how it finds the cluster."""
 
     async def start(self) -> None:
         ports = free_ports(3 * self.size)
@@ -102,12 +104,12 @@ class ChaosCluster:
         clients = ",".join(f"{n}=127.0.0.1:{ports[2 * self.size + i]}"
                            for i, n in enumerate(names))
         for i, name in enumerate(names):
-            args = [sys.executable, "-m", "quorumkv.cli", "serve", "--name", name,
-                    "--data-dir", str(self.root / name),
-                    "--peer-listen", f"127.0.0.1:{ports[i]}",
-                    "--client-listen", f"127.0.0.1:{ports[2 * self.size + i]}",
-                    "--initial-cluster", initial, "--client-urls", clients,
-                    "--tick-ms", "50"]
+            self.base_args[name] = [
+                sys.executable, "-m", "quorumkv.cli", "serve", "--name", name,
+                "--data-dir", str(self.root / name), "--peer-listen", f"127.0.0.1:{ports[i]}",
+                "--client-listen", f"127.0.0.1:{ports[2 * self.size + i]}", "--tick-ms", "50"]
+            args = [*self.base_args[name], "--initial-cluster", initial,
+                    "--client-urls", clients]
             node = NodeProcess(name=name, data_dir=self.root / name, peer_port=ports[i],
                                client_port=ports[2 * self.size + i], args=args,
                                log_path=self.root / f"{name}.log")
@@ -154,7 +156,7 @@ class Nemesis:
         self.log.append(f"{time.monotonic() - self._t0:8.2f}s {what}")
 
     async def run(self, stop: asyncio.Event) -> None:
-        kinds = ["kill", "pause", "isolate", "isolate-leader", "split"]
+        kinds = ["kill", "pause", "isolate", "isolate-leader", "split", "membership"]
         if self.cluster.size >= 5:
             kinds.append("bridge")
         while not stop.is_set():
@@ -167,6 +169,9 @@ class Nemesis:
         c = self.cluster
         hold = self.rng.uniform(1.0, 3.0)
         names = [n.name for n in c.nodes]
+        if kind == "membership":
+            await self._replace(c.nodes[self.rng.randrange(len(c.nodes))], stop)
+            return
         if kind in ("kill", "pause"):
             node = c.nodes[self.rng.randrange(len(c.nodes))]
             if kind == "kill":
@@ -211,6 +216,37 @@ class Nemesis:
         await _sleep_or(stop, hold)
         self._note("heal")
         c.partitions.heal()
+
+
+    async def _replace(self, node: NodeProcess, stop: asyncio.Event) -> None:
+        """Remove ``node`` from the cluster, then let it join again with an empty data
+        directory (the operator's way to replace a member)."""
+        c = self.cluster
+        others = [n.client_address for n in c.nodes if n is not node]
+        try:
+            async with AsyncClient(others, timeout=10.0) as client:
+                await client.member_remove(node.name)
+        except QuorumKVError as e:
+            self._note(f"remove-refused {node.name}: {type(e).__name__}")
+            return
+        self._note(f"remove {node.name}")
+        await asyncio.to_thread(node.kill)  # removed: it would stop by itself soon
+        shutil.rmtree(node.data_dir, ignore_errors=True)
+        proxy = c.proxies[c.nodes.index(node)]
+        node.args = [*c.base_args[node.name], "--join", ",".join(others),
+                     "--peer-advertise", f"127.0.0.1:{proxy.port}"]
+        node.start()
+        self._note(f"join {node.name}")
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not stop.is_set():
+            try:
+                async with AsyncClient(others, timeout=5.0) as client:
+                    if any(m.name == node.name and m.voter for m in await client.member_list()):
+                        self._note(f"promoted {node.name}")
+                        return
+            except QuorumKVError:
+                pass
+            await asyncio.sleep(0.5)
 
 
 async def _sleep_or(stop: asyncio.Event, seconds: float) -> None:

@@ -45,6 +45,9 @@ from quorumkv.errors import (
     UnavailableError,
 )
 
+CONNECT_TIMEOUT = 2.0
+"""Seconds for a node to accept a connection and answer hello before the next is tried."""
+
 
 class RetryingCaller:
     __slots__ = ("_backoff", "_closed", "_cluster_id", "_conn", "_endpoints", "_lock",
@@ -182,12 +185,19 @@ class RetryingCaller:
                 await conn.close()
             endpoint = self._endpoints.current
             try:
-                conn = await Connection.open(endpoint, max_frame=self._max_frame)
                 try:
-                    await self._hello(conn)
-                except BaseException:
-                    await conn.close()
-                    raise
+                    # A frozen node still completes TCP handshakes (the kernel does):
+                    # only an answer to hello shows someone is there.
+                    async with asyncio.timeout(CONNECT_TIMEOUT):
+                        conn = await Connection.open(endpoint, max_frame=self._max_frame)
+                        try:
+                            await self._hello(conn)
+                        except BaseException:
+                            await conn.close()
+                            raise
+                except TimeoutError:
+                    raise NetworkError(f"{format_endpoint(endpoint)} did not answer within "
+                                       f"{CONNECT_TIMEOUT:g}s") from None
             except NetworkError:
                 self._endpoints.rotate_from(endpoint)
                 raise

@@ -62,6 +62,10 @@ class NodeConfig:
     """Peer addresses of the initial members (this node included)."""
     client_addresses: dict[str, str] = field(default_factory=dict)
     """Client addresses of other members, for NotLeader redirects."""
+    peer_advertise: str | None = None
+    """HOST:PORT others reach our peer port at, if not the listen address (a proxy,
+    a NAT); what a joining node registers."""
+    client_advertise: str | None = None
     cluster_token: str = "quorumkv"
     """Shared secret of the cluster: a node must present it to join, an operator to change
     the membership. Compared in constant time, never logged."""
@@ -117,6 +121,9 @@ class NodeConfig:
             raise InvalidArgument(f"this node ({self.name}) is not in the initial cluster")
         if self.election_ticks <= self.heartbeat_ticks:
             raise InvalidArgument("the election timeout must be longer than the heartbeat")
+        for advertised in (self.peer_advertise, self.client_advertise):
+            if advertised is not None:
+                parse_address(advertised)
         if self.initial_cluster and self.join:
             raise InvalidArgument("--initial-cluster bootstraps a new cluster and --join "
                                   "joins a running one: give one of them")
@@ -142,11 +149,13 @@ class NodeConfig:
 
     @property
     def peer_address(self) -> str:
-        return f"{self.peer_host}:{self.peer_port}"
+        """Where other members reach our peer port (what joining registers)."""
+        return self.peer_advertise or f"{self.peer_host}:{self.peer_port}"
 
     @property
     def client_address(self) -> str:
-        return f"{self.client_host}:{self.client_port}"
+        """Where clients and members reach our client port."""
+        return self.client_advertise or f"{self.client_host}:{self.client_port}"
 
     @property
     def cluster_id(self) -> int:
