@@ -12,6 +12,7 @@ from raw_wire import RawConnection, toml_config
 from quorumkv.client import Client
 from quorumkv.client.coordination_wire import WatchCancelRequest, WatchRequest
 from quorumkv.client.protocol import HelloRequest, Response
+from quorumkv.errors import NetworkError
 from quorumkv.transport.framing import HEADER
 
 pytestmark = pytest.mark.timeout(180)
@@ -60,6 +61,10 @@ def test_connections_beyond_the_limit_get_one_error_and_are_closed(tmp_path: Pat
         for conn in extra:
             _assert_refused(conn)
             conn.close()
+        # The client library says why it could not get in.
+        with Client([node.client_address], timeout=1.5) as c, \
+                pytest.raises(NetworkError, match=r"resource_exhausted|connections"):
+            c.get("k")
         # Those admitted are unaffected.
         for i, conn in enumerate(first):
             _hello(conn, rid=100 + i)

@@ -151,6 +151,12 @@ class Connection:
 
     def _dispatch(self, frame: bytes) -> None:
         response = decode_response(frame)
+        if response.request_id == 0 and not response.ok:
+            # Id 0 is never a request's: the node refuses the whole connection (it is
+            # full) and closes it; every waiting request fails with its reason.
+            refusal = response.body
+            self._fail(lambda: error_from_wire(refusal))
+            return
         future = self._pending.pop(response.request_id, None)
         if future is None:
             handler = self._streams.get(response.request_id)
