@@ -141,20 +141,22 @@ class Cluster:
 
 @contextlib.contextmanager
 def running_cluster(tmp_path: Path, size: int = 3, *, extra: list[str] | None = None,
-                    ) -> Iterator[Cluster]:
+                    data_dirs: dict[str, Path] | None = None) -> Iterator[Cluster]:
+    """``data_dirs`` puts some members' data elsewhere (e.g. on a small filesystem)."""
     ports = free_ports(2 * size)
     names = [f"n{i + 1}" for i in range(size)]
     initial = ",".join(f"{n}=127.0.0.1:{ports[i]}" for i, n in enumerate(names))
     clients = ",".join(f"{n}=127.0.0.1:{ports[size + i]}" for i, n in enumerate(names))
     cluster = Cluster()
     for i, name in enumerate(names):
+        data_dir = (data_dirs or {}).get(name, tmp_path / name)
         args = [sys.executable, "-m", "quorumkv.cli", "serve", "--name", name,
-                "--data-dir", str(tmp_path / name),
+                "--data-dir", str(data_dir),
                 "--peer-listen", f"127.0.0.1:{ports[i]}",
                 "--client-listen", f"127.0.0.1:{ports[size + i]}",
                 "--initial-cluster", initial, "--client-urls", clients,
                 "--tick-ms", "50", *(extra or [])]
-        cluster.nodes.append(NodeProcess(name=name, data_dir=tmp_path / name,
+        cluster.nodes.append(NodeProcess(name=name, data_dir=data_dir,
                                          peer_port=ports[i], client_port=ports[size + i],
                                          args=args, log_path=tmp_path / f"{name}.log"))
     try:

@@ -290,7 +290,12 @@ class Node:
                                      return_when=asyncio.FIRST_COMPLETED)
         if group_task in done:
             stop_task.cancel()
-            group_task.result()  # the group died: re-raise its error
+            error = group_task.exception()
+            log.critical("stopping: %s (nothing more is acknowledged; restart the node once "
+                         "the cause is fixed)", error)
+            await self._shutdown(group_task, grace=2.0)
+            group_task.result()  # exit with the group's error
+            return
         await self._shutdown(group_task)
 
     def stop(self) -> None:
@@ -364,7 +369,8 @@ class Node:
             if self.transport is not None:
                 self.transport.ping_idle(interval)
 
-    async def _shutdown(self, group_task: asyncio.Task[None]) -> None:
+    async def _shutdown(self, group_task: asyncio.Task[None], *,
+                        grace: float | None = None) -> None:
         log.info("shutting down: finishing in-flight requests")
         for task in self._tasks:
             task.cancel()
@@ -372,11 +378,12 @@ class Node:
         await self.watches.close()
         await self.leases.close()
         if self.client_server is not None:
-            await self.client_server.close()
+            await self.client_server.close(grace=grace)
         assert self.group is not None
         self.group.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await group_task
+        if not group_task.done():
+            with contextlib.suppress(asyncio.CancelledError):
+                await group_task
         await self.group.close()
         if self.transport is not None:
             await self.transport.close()

@@ -199,6 +199,37 @@ class RaftGroup:
     # -- the owning task -------------------------------------------------------------
 
     async def run(self) -> None:
+        """Drive the node until stopped. If the disk fails, every waiting request is
+        answered (outcome unknown: peers may have the entry) before the error is raised:
+        after a failed write or fsync nothing more may be acknowledged."""
+        try:
+            await self._run()
+        except Exception as e:
+            self._fail_all(e)
+            raise
+
+    def _fail_all(self, cause: Exception) -> None:
+        err = Timeout(f"this node stopped ({cause}); the outcome of the request is unknown: "
+                      f"retry on another node", outcome="unknown")
+        for w in self._waiters.values():
+            self._fail(w.future, w.durable_future, err)
+        self._waiters.clear()
+        for p in self._proposals:
+            self._fail(p.future, p.durable_future, err)
+        self._proposals.clear()
+        for c in self._conf_proposals:
+            self._fail(c.future, None, err)
+        self._conf_proposals.clear()
+        reads = [r.future for r in self._reads] + list(self._read_waiters.values())
+        reads += [f for _, f in self._ready_reads]
+        for fut in reads:
+            if not fut.done():
+                fut.set_exception(err)
+        self._reads.clear()
+        self._read_waiters.clear()
+        self._applied_event.set()
+
+    async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + self.tick_seconds
         while not self._stopping:

@@ -1,0 +1,97 @@
+"""A member whose disk fills up while it serves: it stops, says why, loses nothing.
+
+After a failed write or fsync the state of the page cache is unknown
+(PostgreSQL's "fsyncgate"), so a node does not try to carry on: it answers
+what is waiting with an unknown outcome, exits with the storage error, and
+is restarted once there is room. The rest of the cluster keeps serving.
+The member's data directory lives on a small tmpfs the test mounts (root
+only; skipped otherwise) and fills.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cluster_harness import running_cluster
+
+from quorumkv.client import Client
+from quorumkv.errors import QuorumKVError
+
+pytestmark = pytest.mark.timeout(300)
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                             capture_output=True, text=True, check=False)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({mounted.stderr.strip()})")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(path: Path) -> Path:
+    filler = path / "filler"
+    with open(filler, "wb") as f, contextlib.suppress(OSError):
+        while True:
+            f.write(b"\0" * (1 << 20))
+    return filler
+
+
+def test_a_member_whose_disk_fills_stops_and_nothing_acknowledged_is_lost(
+        tmp_path: Path) -> None:
+    with small_filesystem(tmp_path / "small", "96m") as small, \
+            running_cluster(tmp_path, data_dirs={"n1": small / "n1"}) as cluster:
+        cluster.leader_name()
+        n1 = cluster.node("n1")
+        acked: list[str] = []
+        with Client(cluster.endpoints, timeout=10.0) as c:
+            for i in range(20):
+                c.put(f"before/{i}", "v")
+                acked.append(f"before/{i}")
+        filler = fill(small)
+        with Client(cluster.endpoints, timeout=10.0) as c:
+            for i in range(200):
+                with contextlib.suppress(QuorumKVError):  # unknown outcomes: not counted
+                    c.put(f"after/{i}", "x" * 4096)
+                    acked.append(f"after/{i}")
+        deadline = time.monotonic() + 60
+        while n1.running() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert n1.proc is not None and n1.proc.poll() == 1
+        log = n1.log_path.read_text()
+        assert "error (storage_error)" in log and "No space left on device" in log
+        assert "Task was destroyed but it is pending" not in log  # a clean stop
+        # The others carried on; every acknowledged write is there.
+        with Client([n.client_address for n in cluster.nodes if n is not n1],
+                    timeout=10.0) as c:
+            found = {kv.key.decode() for kv in c.scan_prefix("", keys_only=True).kvs}
+        assert set(acked) <= found, sorted(set(acked) - found)[:5]
+        # Room again: the member restarts and catches up.
+        os.remove(filler)
+        n1.start()
+        with Client(cluster.endpoints, timeout=30.0) as c:
+            last = c.put("final", "1")
+
+        def caught_up() -> bool:
+            with Client([n1.client_address], timeout=5.0) as one:
+                return one.get("final", consistency="one") is not None
+
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with contextlib.suppress(QuorumKVError):
+                if caught_up():
+                    break
+            time.sleep(0.2)
+        with Client([n1.client_address], timeout=5.0) as one:
+            kv = one.get("final", consistency="one")
+            assert kv is not None and kv.mod_revision == last.revision
