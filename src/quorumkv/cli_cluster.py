@@ -170,6 +170,20 @@ def member_promote(name: str, token: str, *, settings: ClientSettings) -> None:
     _show(settings, m, f"promoted {m.name} (id {m.id}) to {_kind(m)}")
 
 
+@member.command(name="move-leader")
+@click.argument("name")
+@token_option
+@client_command
+def member_move_leader(name: str, token: str, *, settings: ClientSettings) -> None:
+    """Make the voter NAME the leader (the current leader hands over)."""
+    with settings.client() as c:
+        leader = c.move_leader(name, token=token)
+    if settings.json:
+        emit_json({"leader": leader})
+    else:
+        click.echo(f"{leader} is the leader")
+
+
 @click.command()
 @token_option
 @client_command

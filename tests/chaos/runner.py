@@ -144,8 +144,10 @@ class ChaosCluster:
 class Nemesis:
     """One fault at a time, chosen by a seeded generator."""
 
-    def __init__(self, cluster: ChaosCluster, rng: random.Random, log: list[str]) -> None:
+    def __init__(self, cluster: ChaosCluster, rng: random.Random, log: list[str],
+                 generation: dict[str, int] | None = None) -> None:
         self.cluster = cluster
+        self.generation = generation if generation is not None else {}
         self.rng = rng
         self.log = log
         self.counts: dict[str, int] = {}
@@ -156,7 +158,8 @@ class Nemesis:
         self.log.append(f"{time.monotonic() - self._t0:8.2f}s {what}")
 
     async def run(self, stop: asyncio.Event) -> None:
-        kinds = ["kill", "pause", "isolate", "isolate-leader", "split", "membership"]
+        kinds = ["kill", "pause", "isolate", "isolate-leader", "split", "membership",
+                 "transfer"]
         if self.cluster.size >= 5:
             kinds.append("bridge")
         while not stop.is_set():
@@ -171,6 +174,15 @@ class Nemesis:
         names = [n.name for n in c.nodes]
         if kind == "membership":
             await self._replace(c.nodes[self.rng.randrange(len(c.nodes))], stop)
+            return
+        if kind == "transfer":
+            target = self.rng.choice(names)
+            try:
+                async with AsyncClient(c.endpoints, timeout=5.0) as client:
+                    await client.move_leader(target)
+                self._note(f"transfer to {target}")
+            except QuorumKVError as e:
+                self._note(f"transfer-refused to {target}: {type(e).__name__}")
             return
         if kind in ("kill", "pause"):
             node = c.nodes[self.rng.randrange(len(c.nodes))]
@@ -231,6 +243,7 @@ class Nemesis:
             return
         self._note(f"remove {node.name}")
         await asyncio.to_thread(node.kill)  # removed: it would stop by itself soon
+        self.generation[node.name] = self.generation.get(node.name, 0) + 1
         shutil.rmtree(node.data_dir, ignore_errors=True)
         proxy = c.proxies[c.nodes.index(node)]
         node.args = [*c.base_args[node.name], "--join", ",".join(others),
@@ -330,6 +343,52 @@ async def _session_client(n: int, endpoints: list[str], log: SessionLog, stop: a
             seen[key] = max(seen.get(key, 0), rev)
 
 
+ONE_KEYS = [f"o{i}" for i in range(3)]
+
+
+@dataclass
+class OneLog:
+    """The "one" level promises little: a write acknowledged by the leader's disk alone
+    may be lost, and a read may be stale. What must hold: a read never returns a value
+    nobody wrote, and one node's answers never go back in time."""
+
+    violations: list[str] = field(default_factory=list)
+    written: set[bytes] = field(default_factory=set)
+    reads: int = 0
+    generation: dict[str, int] = field(default_factory=dict)
+    """Bumped when a node is replaced: a fresh data directory starts from nothing."""
+
+
+async def _one_client(n: int, endpoints: list[str], log: OneLog, stop: asyncio.Event,
+                      rng: random.Random) -> None:
+    counter = 0
+    by_node: dict[tuple[str, int, str], int] = {}  # (node, generation, key) -> revision
+    async with AsyncClient(endpoints, timeout=OP_TIMEOUT, read_consistency="one",
+                           write_consistency="one") as c:
+        while not stop.is_set():
+            key = rng.choice(ONE_KEYS)
+            try:
+                if rng.random() < 0.4:
+                    counter += 1
+                    value = f"o{n}-{counter}".encode()
+                    log.written.add(value)  # before sending: it may land however it ends
+                    await c.put(key, value)
+                    continue
+                kv = await c.get(key)
+            except QuorumKVError:
+                continue
+            log.reads += 1
+            name = str((c.server_info or {}).get("name"))
+            where = (name, log.generation.get(name, 0), key)
+            if kv is not None and kv.value not in log.written:
+                log.violations.append(f"client {n}: {key} read {kv.value!r}, never written")
+            rev = 0 if kv is None else kv.mod_revision
+            if rev < by_node.get(where, 0):
+                log.violations.append(f"client {n}: {name} answered {key} at revision {rev} "
+                                      f"after {by_node[where]}")
+            by_node[where] = max(by_node.get(where, 0), rev)
+
+
 async def _quiet_get(c: AsyncClient, key: str) -> bytes | None:
     try:
         kv = await c.get(key)
@@ -368,7 +427,8 @@ async def run(*, nodes: int, duration: float, seed: int, clients: int = 10,
     history = History()
     sessions = SessionLog()
     log: list[str] = []
-    nemesis = Nemesis(cluster, random.Random(rng.getrandbits(64)), log)
+    ones = OneLog()
+    nemesis = Nemesis(cluster, random.Random(rng.getrandbits(64)), log, ones.generation)
     ok = False
     reason = "did not finish"
     try:
@@ -384,6 +444,9 @@ async def run(*, nodes: int, duration: float, seed: int, clients: int = 10,
         tasks += [asyncio.ensure_future(_session_client(
             i, cluster.endpoints, sessions, stop, random.Random(rng.getrandbits(64))))
             for i in range(session_clients)]
+        tasks += [asyncio.ensure_future(_one_client(
+            i, cluster.endpoints, ones, stop, random.Random(rng.getrandbits(64))))
+            for i in range(2)]
         fault_task = asyncio.ensure_future(nemesis.run(stop))
         await asyncio.sleep(duration)
         stop.set()
@@ -411,9 +474,13 @@ async def run(*, nodes: int, duration: float, seed: int, clients: int = 10,
         elif sessions.violations:
             reason = (f"session guarantees broken ({len(sessions.violations)}): "
                       + "; ".join(sessions.violations[:3]))
+        elif ones.violations:
+            reason = (f"'one' guarantees broken ({len(ones.violations)}): "
+                      + "; ".join(ones.violations[:3]))
         else:
             ok, reason = True, (f"{result.reason}; session: {sessions.reads} reads, "
-                                f"{sessions.writes} writes, monotonic and read-your-writes")
+                                f"{sessions.writes} writes, monotonic and read-your-writes; "
+                                f"one: {ones.reads} reads, no phantoms, no node went back")
     except Exception as e:  # the verdict must say what broke, and keep the evidence
         reason = f"run failed: {type(e).__name__}: {e}"
     finally:

@@ -278,3 +278,14 @@ def test_the_leader_leaves_by_handing_over_leadership_first(tmp_path: Path) -> N
         rest = sorted(n.name for n in cluster.nodes if n is not leader)
         assert members(cluster) == dict.fromkeys(rest, True)
         check_no_write_lost_and_replicas_identical(cluster, writer, rest)
+
+
+def test_move_leader_hands_leadership_to_the_named_voter(tmp_path: Path) -> None:
+    with running_cluster(tmp_path) as cluster:
+        leader = cluster.leader_name()
+        target = next(n.name for n in cluster.nodes if n.name != leader)
+        out = cli(cluster, "member", "move-leader", target).stdout
+        assert f"{target} is the leader" in out
+        with Client([cluster.node(target).client_address], timeout=10.0) as c:
+            assert c.status(local=True)["leader"] == target
+            assert c.put(b"after", b"move").revision > 0

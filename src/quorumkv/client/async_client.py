@@ -56,6 +56,7 @@ from quorumkv.client.protocol import (
     MemberListRequest,
     MemberPromoteRequest,
     MemberRemoveRequest,
+    MoveLeaderRequest,
     ReadRequest,
     StatusRequest,
     WriteRequest,
@@ -292,6 +293,15 @@ class AsyncClient:
     async def member_promote(self, name: str, *, token: str = DEFAULT_TOKEN) -> Member:
         """Make a learner a voter."""
         return await self._member_call(MemberPromoteRequest(name=name, token=token), "member")
+
+    async def move_leader(self, name: str, *, token: str = DEFAULT_TOKEN) -> str:
+        """Make the voter ``name`` the leader (the current leader hands over); returns
+        once it leads."""
+        body = await self._caller.call(MoveLeaderRequest(name=name, token=token))
+        leader = body.get("leader")
+        if not isinstance(leader, str):
+            raise ProtocolError("a move_leader answer without the leader's name")
+        return leader
 
     async def leave(self, *, token: str = DEFAULT_TOKEN) -> Member:
         """Ask the node this client is connected to (its first reachable endpoint) to leave

@@ -200,6 +200,9 @@ class Client:
     def member_promote(self, name: str, *, token: str = DEFAULT_TOKEN) -> Member:
         return self._run(self._client.member_promote(name, token=token))
 
+    def move_leader(self, name: str, *, token: str = DEFAULT_TOKEN) -> str:
+        return self._run(self._client.move_leader(name, token=token))
+
     def leave(self, *, token: str = DEFAULT_TOKEN) -> Member:
         return self._run(self._client.leave(token=token))
 

@@ -35,6 +35,7 @@ lengths: name 64 characters, addresses 300, token 1024)::
                       "learner": bool = false, "token": str = ""}
     "member_remove"  {"name": str, "token": str = ""}
     "member_promote" {"name": str, "token": str = ""}
+    "move_leader"    {"name": str, "token": str = ""}   the leader hands leadership to NAME
     "leave"          {"token": str = ""}     the answering node leaves the cluster, then stops
     "digest"         {}      a digest of the answering node's store, to compare replicas
 
@@ -69,6 +70,7 @@ Results of the membership ops (:mod:`quorumkv.client.members` reads them)::
     member_add     -> {"member": member, "members": [member], "cluster_id": int, "header"}
     member_remove  -> {"removed": member, "members": [member], "header"}
     member_promote -> {"member": member, "members": [member], "header"}
+    move_leader    -> {"leader": str, "header"}   once NAME leads
     leave          -> {"left": member, "header"}
     digest         -> {"digest": str, "applied_index": int, "revision": int, "header"}
 
@@ -138,6 +140,7 @@ __all__ = [
     "MemberListRequest",
     "MemberPromoteRequest",
     "MemberRemoveRequest",
+    "MoveLeaderRequest",
     "ReadRequest",
     "Request",
     "Response",
@@ -168,7 +171,8 @@ PROTOCOL_VERSION: Final = 1
 WRITE_CONSISTENCY: Final = ("one", "quorum", "all")
 READ_CONSISTENCY: Final = ("one", "session", "quorum", "all")
 OPS: Final = ("write", "range", "status", "hello", "wait_applied", "member_list", "member_add",
-              "member_remove", "member_promote", "leave", "digest", *COORDINATION_OPS)
+              "member_remove", "member_promote", "move_leader", "leave", "digest",
+              *COORDINATION_OPS)
 MAX_NAME_LENGTH: Final = 64
 MAX_ADDRESS_LENGTH: Final = 300
 MAX_TOKEN_LENGTH: Final = 1024
@@ -238,6 +242,14 @@ class MemberPromoteRequest:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class MoveLeaderRequest:
+    """Hand leadership to the voter ``name`` (etcd's move-leader)."""
+
+    name: str
+    token: str = field(default="", repr=False)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class LeaveRequest:
     token: str = field(default="", repr=False)
 
@@ -249,6 +261,7 @@ class DigestRequest:
 
 Request = (WriteRequest | ReadRequest | StatusRequest | HelloRequest | WaitAppliedRequest
            | MemberListRequest | MemberAddRequest | MemberRemoveRequest | MemberPromoteRequest
+           | MoveLeaderRequest
            | LeaveRequest | DigestRequest | CoordinationRequest)
 
 
@@ -286,7 +299,8 @@ def _request_args(req: Request) -> tuple[str, dict[str, Any]]:
 
 
 def _membership_args(req: MemberListRequest | MemberAddRequest | MemberRemoveRequest
-                     | MemberPromoteRequest | LeaveRequest | DigestRequest,
+                     | MemberPromoteRequest | MoveLeaderRequest | LeaveRequest
+                     | DigestRequest,
                      ) -> tuple[str, dict[str, Any]]:
     if isinstance(req, MemberAddRequest):
         return "member_add", {"name": req.name, "peer_address": req.peer_address,
@@ -296,6 +310,8 @@ def _membership_args(req: MemberListRequest | MemberAddRequest | MemberRemoveReq
         return "member_remove", {"name": req.name, "token": req.token}
     if isinstance(req, MemberPromoteRequest):
         return "member_promote", {"name": req.name, "token": req.token}
+    if isinstance(req, MoveLeaderRequest):
+        return "move_leader", {"name": req.name, "token": req.token}
     if isinstance(req, LeaveRequest):
         return "leave", {"token": req.token}
     if isinstance(req, DigestRequest):
@@ -385,6 +401,8 @@ def _parse_membership(op: str, f: FieldReader) -> Request:
         return MemberRemoveRequest(name=_bounded(f, "name", MAX_NAME_LENGTH), token=_token(f))
     if op == "member_promote":
         return MemberPromoteRequest(name=_bounded(f, "name", MAX_NAME_LENGTH), token=_token(f))
+    if op == "move_leader":
+        return MoveLeaderRequest(name=_bounded(f, "name", MAX_NAME_LENGTH), token=_token(f))
     if op == "leave":
         return LeaveRequest(token=_token(f))
     if op == "digest":

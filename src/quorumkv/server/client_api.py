@@ -58,6 +58,7 @@ from quorumkv.client.protocol import (
     MemberListRequest,
     MemberPromoteRequest,
     MemberRemoveRequest,
+    MoveLeaderRequest,
     ReadRequest,
     Request,
     StatusRequest,
@@ -130,6 +131,8 @@ class MembershipService(Protocol):
     async def remove(self, name: str, *, token: str) -> dict[str, Any]: ...
 
     async def promote(self, name: str, *, token: str) -> dict[str, Any]: ...
+
+    async def move_leader(self, name: str, *, token: str) -> dict[str, Any]: ...
 
 
 class _Connection:
@@ -403,6 +406,8 @@ class ClientServer:
             result = await self._service.membership.remove(req.name, token=req.token)
         elif isinstance(req, MemberPromoteRequest):
             result = await self._service.membership.promote(req.name, token=req.token)
+        elif isinstance(req, MoveLeaderRequest):
+            result = await self._service.membership.move_leader(req.name, token=req.token)
         elif isinstance(req, LeaveRequest):
             result = await self._service.leave(token=req.token)
         elif isinstance(req, DigestRequest):

@@ -40,6 +40,7 @@ from quorumkv.errors import (
     ConfChangeInProgress,
     InvalidArgument,
     InvalidNode,
+    LeadershipTransferInProgress,
     LearnerNotReady,
     QuorumNotReached,
 )
@@ -240,6 +241,29 @@ class Membership:
         if status != "active":
             return f"it has not been heard from recently (it is {status})"
         return None
+
+    async def move_leader(self, name: str, *, token: str) -> dict[str, Any]:
+        """Hand leadership to the voter ``name``; answered once it leads."""
+        self.check_token(token)
+        self._require_leader()
+        node_id, _ = self._find(name)
+        if node_id not in self.node.conf.voters:
+            raise InvalidNode(f"{name} is not a voter and cannot lead")
+        if node_id != self.node.node_id:
+            group = self.node.group
+            assert group is not None
+            log.info("moving leadership to %s", name)
+            group.transfer_leadership(node_id)
+            cfg = self.node.config
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + 3 * cfg.election_ticks * cfg.tick_ms / 1000
+            while group.raft.leader != node_id:
+                if loop.time() >= deadline:
+                    raise LeadershipTransferInProgress(
+                        f"{name} did not take over in time (it may be behind or "
+                        f"unreachable); the leader is {self.node.leader_name() or 'unknown'}")
+                await asyncio.sleep(cfg.tick_ms / 1000)
+        return {"leader": name, "header": self.node.header()}
 
     async def remove(self, name: str, *, token: str) -> dict[str, Any]:
         self.check_token(token)
