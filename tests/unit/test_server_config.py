@@ -15,6 +15,7 @@ from quorumkv.server.config import (
     parse_initial_cluster,
 )
 from quorumkv.server.data_dir import DataDir
+from quorumkv.server.node import removed_by
 
 
 def test_initial_cluster_is_parsed_and_checked() -> None:
@@ -96,3 +97,25 @@ def test_cluster_ids_differ_by_token_names_and_addresses(tmp_path: Path) -> None
     assert len({cid(base), cid(base, "other"), cid("n1=127.0.0.1:7001,n3=127.0.0.1:7002"),
                 cid("n1=127.0.0.1:8001,n2=127.0.0.1:8002")}) == 4
     assert NodeConfig(name="n4", data_dir=tmp_path, join=("127.0.0.1:7101",)).cluster_id == 0
+
+
+def test_only_a_leaders_own_member_list_proves_a_removal() -> None:
+
+
+    def answer(leader: str | None, members: list[tuple[int, str]], cid: int = 7
+               ) -> dict[str, object]:
+        return {"leader": leader, "cluster_id": cid,
+                "members": [{"id": i, "name": n} for i, n in members]}
+
+    me = 1
+    full = [(1, "n1"), (2, "n2"), (3, "n3")]
+    without_me = [(2, "n2"), (3, "n3")]
+    # A member that just joined (or lags) lists nobody, or an old view: no proof.
+    assert not removed_by("n2", answer("n3", []), node_id=me, cluster_id=7)
+    assert not removed_by("n2", answer("n3", without_me), node_id=me, cluster_id=7)
+    # The leader's own list is: with us, we are a member; without us, removed.
+    assert not removed_by("n3", answer("n3", full), node_id=me, cluster_id=7)
+    assert removed_by("n3", answer("n3", without_me), node_id=me, cluster_id=7)
+    # ... unless it is another cluster's, or it does not even list itself.
+    assert not removed_by("n3", answer("n3", without_me, cid=8), node_id=me, cluster_id=7)
+    assert not removed_by("n3", answer("n3", []), node_id=me, cluster_id=7)

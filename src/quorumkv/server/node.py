@@ -350,14 +350,10 @@ class Node:
                       if i != self.node_id}
             answers = await self.replicas.on_each(others, MemberListRequest(), 2.0)
             for name, answer in answers.items():
-                if isinstance(answer, QuorumKVError) or not answer.get("leader"):
+                if isinstance(answer, QuorumKVError):
                     continue
-                listed = answer.get("members")
-                if (isinstance(listed, list) and answer.get("cluster_id") == self.cluster_id
-                        and all(isinstance(m, dict) and m.get("id") != self.node_id
-                                for m in listed)):
-                    log.warning("%s, which knows leader %s, does not list us as a member",
-                                name, answer.get("leader"))
+                if removed_by(name, answer, node_id=self.node_id, cluster_id=self.cluster_id):
+                    log.warning("the leader %s does not list us as a member", name)
                     self._on_removed()
                     return
             leaderless_since = now
@@ -640,6 +636,24 @@ class Node:
     def hello(self) -> dict[str, Any]:
         return {"name": self.config.name, "id": self.node_id,
                 "cluster_id": self.cluster_id, "protocol": 1}
+
+
+def removed_by(name: str, answer: dict[str, Any], *, node_id: int, cluster_id: int) -> bool:
+    """Whether member ``name``'s member list proves this node was removed.
+
+    Only a leader's own list counts: it holds every configuration change it
+    has committed. Any other member may be behind, or just joined and have
+    applied nothing yet, and list nobody; believing it would make a healthy
+    member that merely lost its leader for a while stop for good.
+    """
+    listed = answer.get("members")
+    if answer.get("leader") != name or answer.get("cluster_id") != cluster_id:
+        return False
+    if not isinstance(listed, list) or not all(isinstance(m, dict) for m in listed):
+        return False
+    ids = {m.get("id") for m in listed}
+    names = {m.get("name") for m in listed}
+    return name in names and node_id not in ids
 
 
 def run_node(config: NodeConfig) -> None:
