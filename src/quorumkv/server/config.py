@@ -88,6 +88,8 @@ class NodeConfig:
     min_heartbeat_std_s: float = 0.25
     """Floor on the spread of heartbeat intervals the detector assumes: with perfectly
     regular heartbeats phi would leap from 0 to its cap within a few milliseconds."""
+    storage_retry_s: float = 5.0
+    """After the disk fails, how long the node waits before it tries to serve again."""
     watch_buffer_events: int = 10_000
     """Events that may wait for one watcher before it is cancelled as too slow."""
     watch_progress_s: float = 5.0

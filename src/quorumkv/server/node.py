@@ -50,6 +50,7 @@ from quorumkv.errors import (
     QuorumNotReached,
     ReplicaReadFailed,
     ReplicaWriteFailed,
+    StorageError,
     Timeout,
 )
 from quorumkv.kv import Applied, Command, KVStore, Limits, RangeRequest, encode_command
@@ -116,7 +117,8 @@ class Node:
                              max_value_size=config.max_value_bytes)
         self._stopped = asyncio.Event()
         self._leaving_task: asyncio.Task[None] | None = None
-        self._started = False
+        self.started = False
+        """The node served (its storage opened and its ports listened)."""
         self.group: RaftGroup | None = None
         self.transport: Any = None
         self.client_server: Any = None
@@ -265,7 +267,7 @@ class Node:
                                           max_connections=cfg.max_client_connections,
                                           frame_timeout=cfg.client_frame_timeout_s)
         await self.client_server.start()
-        self._started = True
+        self.started = True
         log.info("node %s (id %d) serving clients on %s:%d, peers on %s:%d", cfg.name,
                  self.node_id, cfg.client_host, self.client_server.port, cfg.peer_host,
                  self.transport.port)
@@ -656,6 +658,40 @@ def removed_by(name: str, answer: dict[str, Any], *, node_id: int, cluster_id: i
     return name in names and node_id not in ids
 
 
+def _disk_failure(node: Node, err: StorageError) -> bool:
+    """Whether ``err`` is the disk failing under a node (worth waiting out), rather than
+    a data directory that is wrong (foreign, corrupt), which waiting does not mend."""
+    return isinstance(err.__cause__, OSError) or (node.started and not node.removed)
+
+
+async def serve_until_stopped(config: NodeConfig) -> None:
+    """Run a node; if its disk fails, wait and start it again until the disk recovers.
+
+    A node whose disk fails stops serving at once (nothing more is
+    acknowledged, see Node.serve) and comes back from what its disk holds
+    once it can write again, in this same process: a full disk that is
+    cleared needs no operator to restart anything.
+    """
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    while True:
+        node = Node(config)
+        try:
+            await node.serve()
+            return
+        except StorageError as e:
+            if not _disk_failure(node, e):
+                raise
+            log.error("the disk failed (%s); not serving; trying again in %gs", e.message,
+                      config.storage_retry_s)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, stop.set)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), config.storage_retry_s)
+            return  # told to stop while waiting
+
+
 def run_node(config: NodeConfig) -> None:
     """Run a node in this process until it is told to stop."""
     try:
@@ -664,4 +700,4 @@ def run_node(config: NodeConfig) -> None:
         uvloop = None
     if uvloop is not None:
         uvloop.install()
-    asyncio.run(Node(config).serve())
+    asyncio.run(serve_until_stopped(config))
