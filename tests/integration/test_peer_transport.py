@@ -737,6 +737,30 @@ def test_a_transfer_broken_midway_resumes_on_the_network(tmp_path: Path) -> None
     run(body)
 
 
+def test_a_snapshot_queued_as_its_peer_moves_goes_to_the_new_address(
+        tmp_path: Path) -> None:
+    image = random.Random(11).randbytes(200_000)
+
+    async def body() -> None:
+        leader, follower = SnapshotStore(tmp_path / "n1"), SnapshotStore(tmp_path / "n2")
+        make_snapshot(leader, image)
+        old_home = RawServer()  # where node 2 used to live: connected, silent
+        await old_home.start()
+        async with snapshot_pair(leader, follower) as (n1, n2):
+            n1.t.set_peer(2, HOST, old_home.port)
+            n1.t.send(hb(1, 2, 1))
+            await old_home.accept()  # the link is connected to the old address
+            # The peer moves and a snapshot is queued before the link notices: the
+            # reconnection must carry it, not fail it.
+            n1.t.set_peer(2, HOST, n2.t.port)
+            assert await send_snapshot(n1, INSTALL) is True
+            await n2.wait_for(lambda: len(n2.snapshots) == 1)
+        assert image_of(follower) == image
+        await old_home.close()
+
+    run(body)
+
+
 def test_a_snapshot_waits_briefly_for_an_answer_and_messages_keep_flowing(
         tmp_path: Path) -> None:
     image = random.Random(10).randbytes(300_000)

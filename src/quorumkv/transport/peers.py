@@ -22,7 +22,9 @@ unreachable (``unreachable()``, for ``report_unreachable``), fails any
 snapshot transfer to it, and reconnects after an exponential backoff with
 jitter (so peers that lost each other at the same moment do not reconnect in
 lock step), reset once a connection proves stable. Messages keep queueing
-while it is down.
+while it is down. When a peer's address changes (``set_peer``), the link
+reconnects at once; a transfer cut short fails, and those still waiting go
+to the new address.
 
 Liveness
 --------
@@ -274,6 +276,11 @@ class _PeerLink:
         self._address_changed.set()
         self._wakeup.set()
 
+    def _fail_streaming(self) -> None:
+        if self._streaming is not None:
+            self._streaming.finish(False)
+            self._streaming = None
+
     def fail_snapshots(self) -> None:
         """Report every snapshot transfer in progress or waiting as failed."""
         if self._streaming is not None:
@@ -296,14 +303,21 @@ class _PeerLink:
                     await self._pause()
                     continue
                 connected_at = loop.time()
+                moved = False
                 try:
                     await self._pump(reader, writer)
+                    moved = True
                 except OSError as e:
                     self._failed(f"connection to {self.host}:{self.port} broke: "
                                  f"{e or type(e).__name__}")
                 finally:
                     self.connected = False
-                    self.fail_snapshots()
+                    if moved:
+                        # The peer moved: a transfer cut short fails, but those still
+                        # waiting their turn go to the new address.
+                        self._fail_streaming()
+                    else:
+                        self.fail_snapshots()
                     await _close_writer(writer)
                 if loop.time() - connected_at >= _STABLE_AFTER:
                     self._backoff.reset()
