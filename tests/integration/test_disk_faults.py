@@ -5,11 +5,13 @@ After a failed write or fsync the state of the page cache is unknown
 (PostgreSQL's "fsyncgate"), so a node does not try to carry on: it answers
 what is waiting with an unknown outcome, shuts down its node, and starts it
 again from what the disk holds once it can write (in the same process).
-The rest of the cluster keeps serving. The member's data directory lives
-on a small tmpfs the test mounts (root only; skipped otherwise) and fills.
-(A read-only disk takes the same path, an error on write; it is not tested
-here because a filesystem with files open for writing cannot be remounted
-read-only, and root ignores permissions.)
+The rest of the cluster keeps serving. A full disk is a small tmpfs the test
+mounts and fills, then empties: the member serves again by itself. A disk
+that turns read-only is an ext4 image mounted with errors=remount-ro whose
+error the test triggers, as the kernel does for a failing disk: the member
+stops and says why (such a filesystem stays read-only until it is checked
+and mounted again, so recovery is shown with the full disk). Root only;
+skipped where a filesystem cannot be mounted.
 """
 
 from __future__ import annotations
@@ -102,3 +104,55 @@ def test_a_member_whose_disk_fills_stops_serving_and_comes_back_with_nothing_los
             kv = one.get("final", consistency="one")
             assert kv is not None and kv.mod_revision == last.revision
         assert n1.running() and n1.proc.pid == pid  # the same process, never restarted
+
+
+@contextlib.contextmanager
+def ext4_that_fails_read_only(path: Path, image: Path) -> Iterator[Path]:
+    """A small ext4 filesystem mounted with errors=remount-ro, whose error can be
+    triggered: it then turns read-only under the node's open files (the kernel's own
+    reaction to a failing disk). Root only; skipped where it cannot be set up."""
+    path.mkdir(parents=True, exist_ok=True)
+    steps = [["truncate", "-s", "96M", str(image)], ["mkfs.ext4", "-q", "-F", str(image)],
+             ["mount", "-o", "loop,errors=remount-ro", str(image), str(path)]]
+    for step in steps:
+        done = subprocess.run(step, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            pytest.skip(f"cannot set up an ext4 image here ({done.stderr.strip()})")
+    device = subprocess.run(["findmnt", "-n", "-o", "SOURCE", str(path)], capture_output=True,
+                            text=True, check=False).stdout.strip()
+    trigger = Path("/sys/fs/ext4") / Path(device).name / "trigger_fs_error"
+    try:
+        if not trigger.exists():
+            pytest.skip("this kernel cannot trigger an ext4 error")
+        yield trigger
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def test_a_member_whose_disk_turns_read_only_stops_acknowledging_and_says_why(
+        tmp_path: Path) -> None:
+    with ext4_that_fails_read_only(tmp_path / "ext4", tmp_path / "ext4.img") as trigger, \
+            running_cluster(tmp_path, data_dirs={"n1": tmp_path / "ext4" / "n1"}) as cluster:
+        cluster.leader_name()
+        n1 = cluster.node("n1")
+        acked: list[str] = []
+        with Client(cluster.endpoints, timeout=10.0) as c:
+            for i in range(20):
+                c.put(f"before/{i}", "v")
+                acked.append(f"before/{i}")
+        trigger.write_text("quorumkv test: the disk turns read-only")
+        with Client(cluster.endpoints, timeout=10.0) as c:
+            for i in range(100):
+                with contextlib.suppress(QuorumKVError):  # unknown outcomes: not counted
+                    c.put(f"after/{i}", "x" * 512)
+                    acked.append(f"after/{i}")
+        deadline = time.monotonic() + 60
+        while "the disk failed" not in n1.log_path.read_text():
+            assert time.monotonic() < deadline, "n1 never reported the failed disk"
+            time.sleep(0.1)
+        assert "Read-only file system" in n1.log_path.read_text()
+        assert n1.running()  # waiting for its disk, not gone
+        with Client([n.client_address for n in cluster.nodes if n is not n1],
+                    timeout=10.0) as c:
+            found = {kv.key.decode() for kv in c.scan_prefix("", keys_only=True).kvs}
+        assert set(acked) <= found, sorted(set(acked) - found)[:5]
