@@ -9,13 +9,29 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from quorumkv.client import Client
+from quorumkv.errors import QuorumKVError
 
 STARTUP_TIMEOUT = 60.0
+
+
+def wait_until(predicate: Callable[[], object], timeout: float = 60.0,
+               what: str = "condition") -> None:
+    """Poll ``predicate`` until it is true; a QuorumKVError counts as "not yet"."""
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if predicate():
+                return
+        except QuorumKVError as e:
+            last = e
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
 
 
 def free_ports(count: int) -> list[int]:

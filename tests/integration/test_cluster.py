@@ -10,10 +10,11 @@ from __future__ import annotations
 import contextlib
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cluster_harness import Cluster, running_cluster
+from cluster_harness import Cluster, running_cluster, wait_until
 
 from quorumkv.client import Client, RawClient
 from quorumkv.errors import QuorumKVError, ReplicaReadFailed, ReplicaWriteFailed, Timeout
@@ -21,18 +22,9 @@ from quorumkv.errors import QuorumKVError, ReplicaReadFailed, ReplicaWriteFailed
 pytestmark = pytest.mark.timeout(300)
 
 
-def _wait_until(predicate: object, timeout: float = 60.0, what: str = "condition") -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except QuorumKVError as e:
-            last = e
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
+def _wait_until(predicate: Callable[[], object], timeout: float = 60.0,
+                what: str = "condition") -> None:
+    wait_until(predicate, timeout, what)
 
 
 def _local_value(cluster: Cluster, name: str, key: bytes) -> bytes | None:

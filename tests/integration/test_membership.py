@@ -12,13 +12,12 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from cluster_harness import Cluster, NodeProcess, running_cluster
+from cluster_harness import Cluster, NodeProcess, running_cluster, wait_until
 
 from quorumkv.client import Client
 from quorumkv.errors import QuorumKVError
@@ -26,18 +25,9 @@ from quorumkv.errors import QuorumKVError
 pytestmark = pytest.mark.timeout(400)
 
 
-def _wait_until(predicate: object, timeout: float = 90.0, what: str = "condition") -> None:
-    assert callable(predicate)
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except QuorumKVError as e:
-            last = e
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
+def _wait_until(predicate: Callable[[], object], timeout: float = 90.0,
+                what: str = "condition") -> None:
+    wait_until(predicate, timeout, what)
 
 
 def cli(cluster: Cluster, *args: str, endpoints: list[str] | None = None,

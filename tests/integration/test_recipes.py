@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from cluster_harness import Cluster, running_cluster
+from cluster_harness import wait_until as harness_wait_until
 
 from quorumkv.client import (
     AsyncClient,
@@ -52,16 +53,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 
 def wait_until(predicate: Callable[[], object], what: str, timeout: float = DEADLINE) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if predicate():
-                return
-        except QuorumKVError as e:
-            last = e
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
+    harness_wait_until(predicate, timeout, what)
 
 
 # -- contender processes and their history ---------------------------------------------------
