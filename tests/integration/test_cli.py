@@ -255,7 +255,9 @@ def test_bench_reports_sane_numbers(cluster: Cluster) -> None:
     put = as_json(cli(eps, "bench", "--duration", "1", "--clients", "4", "--json"))
     assert put["workload"] == "put" and put["clients"] == 4 and put["connections"] == 1
     assert put["ops"] > 0 and put["errors"] == 0 and put["ops_per_s"] > 0
-    assert 0.9 <= put["elapsed_s"] <= 1.5
+    # At least the asked duration; the upper bound only catches a runaway (a busy machine
+    # may take a while to finish the requests in flight).
+    assert 0.9 <= put["elapsed_s"] <= 15
     lat = put["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["p99.9"] <= lat["max"]
 

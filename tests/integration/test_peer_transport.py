@@ -761,6 +761,9 @@ def test_a_snapshot_queued_as_its_peer_moves_goes_to_the_new_address(
     run(body)
 
 
+RESUME_WAIT = 8.0
+
+
 def test_a_snapshot_waits_briefly_for_an_answer_and_messages_keep_flowing(
         tmp_path: Path) -> None:
     image = random.Random(10).randbytes(300_000)
@@ -771,7 +774,7 @@ def test_a_snapshot_waits_briefly_for_an_answer_and_messages_keep_flowing(
         # The follower has no link back, so no answer comes: the leader waits, then
         # streams the whole file; heartbeats are not held up by the wait.
         async with snapshot_pair(leader, follower, way_back=False,
-                                 snapshot_resume_wait=3.0) as (n1, n2):
+                                 snapshot_resume_wait=RESUME_WAIT) as (n1, n2):
             done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
             n1.t.send_snapshot(INSTALL, done.set_result)
             loop = asyncio.get_running_loop()
@@ -780,7 +783,8 @@ def test_a_snapshot_waits_briefly_for_an_answer_and_messages_keep_flowing(
             await n2.wait_for(lambda: n2.seq_from(1) == [0])
             n1.t.send(hb(1, 2, 1))  # written during the wait
             await n2.wait_for(lambda: n2.seq_from(1) == [0, 1])
-            assert loop.time() - started < 2.5
+            # Both heartbeats arrived well inside the wait (a margin a busy machine keeps).
+            assert loop.time() - started < RESUME_WAIT / 2
             assert not done.done()
             assert await asyncio.wait_for(done, WAIT) is True
             await n2.wait_for(lambda: len(n2.snapshots) == 1)

@@ -74,6 +74,11 @@ class LeaseIndex:
     def exists(self, txn: Txn, lease_id: int) -> bool:
         return txn.get(lease_key(lease_id), db=self.db) is not None
 
+    def ttl(self, txn: Txn, lease_id: int) -> int | None:
+        """The lease's TTL (seconds), None if it is not granted."""
+        value = txn.get(lease_key(lease_id), db=self.db)
+        return None if value is None else _decode_ttl(value)
+
     def grant(self, txn: Txn, lease_id: int, ttl: int) -> None:
         fresh = txn.put(lease_key(lease_id), pack([ttl]), overwrite=False, db=self.db)
         assert fresh, "a lease is granted once"

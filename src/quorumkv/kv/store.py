@@ -405,9 +405,13 @@ class KVStore:
 
     def lease_exists(self, lease_id: int) -> bool:
         """Whether lease ``lease_id`` is granted (and not revoked)."""
+        return self.lease_ttl(lease_id) is not None
+
+    def lease_ttl(self, lease_id: int) -> int | None:
+        """Lease ``lease_id``'s TTL (seconds), None if it is not granted."""
         check_lease_id(lease_id)
         with lmdb_errors("reading"), self._live_env().begin() as txn:
-            return self._leases.exists(txn, lease_id)
+            return self._leases.ttl(txn, lease_id)
 
     def events_since(self, *, key: bytes, range_end: bytes | None, start_revision: int,
                      end_revision: int, limit: int = 0) -> list[Event]:

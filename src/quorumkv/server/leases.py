@@ -82,16 +82,14 @@ class LeaseManager:
             raise self.node.leader_error()
         if lease_id in self._revoking:
             raise LeaseNotFound(f"lease {lease_id} has expired", lease=lease_id)
-        # Asked of the store each time: a cached entry could outlive a revoke.
-        if not kv.lease_exists(lease_id):
+        # Asked of the store each time (one record): a cached entry could outlive a revoke.
+        ttl = kv.lease_ttl(lease_id)
+        if ttl is None:
             self._deadlines.pop(lease_id, None)
             self._ttls.pop(lease_id, None)
             raise LeaseNotFound(f"lease {lease_id} does not exist (expired or revoked)",
                                 lease=lease_id)
-        ttl = self._ttls.get(lease_id)
-        if ttl is None:
-            ttl = kv.leases().get(lease_id, 0) or 1
-            self._ttls[lease_id] = ttl
+        self._ttls[lease_id] = ttl
         self._deadlines[lease_id] = self._now() + self._effective(ttl)
         return {"id": lease_id, "ttl": ttl, "header": self.node.header()}
 
@@ -99,11 +97,10 @@ class LeaseManager:
         self._require_leader()
         kv = self.node.kv
         assert kv is not None
-        leases = await asyncio.to_thread(kv.leases)
-        if lease_id not in leases:
+        ttl = kv.lease_ttl(lease_id)
+        if ttl is None:
             raise LeaseNotFound(f"lease {lease_id} does not exist (expired or revoked)",
                                 lease=lease_id)
-        ttl = leases[lease_id]
         deadline = self._deadlines.get(lease_id)
         remaining = self._effective(ttl) if deadline is None else deadline - self._now()
         attached = await asyncio.to_thread(kv.lease_keys, lease_id) if keys else None
