@@ -8,7 +8,6 @@ options they share.
 
 from __future__ import annotations
 
-import logging
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from quorumkv.cli_kv import delete, get, put, scan
 from quorumkv.cli_txn import txn
 from quorumkv.errors import QuorumKVError
 from quorumkv.server.config import NodeConfig, load_toml, parse_address, parse_initial_cluster
+from quorumkv.server.logs import FORMATS, LEVELS, configure_logging
 
 
 def _fail(err: QuorumKVError) -> None:
@@ -49,6 +49,9 @@ for _command in (put, get, delete, scan, txn, status, member, leave, bench, watc
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where this node keeps its data.")
 @click.option("--peer-listen", default=None, help="HOST:PORT for other members [127.0.0.1:7001].")
 @click.option("--client-listen", default=None, help="HOST:PORT for clients [127.0.0.1:7101].")
+@click.option("--http-listen", default=None,
+              help="HOST:PORT for the HTTP API, metrics and dashboard, or 'off' "
+                   "[127.0.0.1:7201].")
 @click.option("--peer-advertise", default=None,
               help="HOST:PORT other members reach the peer port at, if not --peer-listen.")
 @click.option("--client-advertise", default=None,
@@ -76,20 +79,21 @@ for _command in (put, get, delete, scan, txn, status, member, leave, bench, watc
               help="Entries after which the log is compacted [10000].")
 @click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True),
               help="A TOML file with the same settings (flags override it).")
-@click.option("--log-level", default="info", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"]))
+@click.option("--log-level", default="info", show_default=True, type=click.Choice(LEVELS))
+@click.option("--log-format", default="human", show_default=True, type=click.Choice(FORMATS),
+              help="human: one readable line per record; json: one JSON object per line.")
 def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
-          client_listen: str | None, peer_advertise: str | None, client_advertise: str | None,
+          client_listen: str | None, http_listen: str | None, peer_advertise: str | None,
+          client_advertise: str | None,
           initial_cluster: str | None, client_urls: str | None,
           cluster_token: str | None, join: str | None, leave_on_shutdown: bool | None,
           max_voters: int | None, promote_lag: int | None, tick_ms: int | None,
           election_ticks: int | None, snapshot_threshold: int | None,
-          config_file: Path | None, log_level: str) -> None:
+          config_file: Path | None, log_level: str, log_format: str) -> None:
     """Run a quorumkv node."""
     from quorumkv.server.node import run_node
 
-    logging.basicConfig(level=getattr(logging, log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(log_level, log_format)
     try:
         settings: dict[str, Any] = load_toml(config_file) if config_file else {}
         if name is not None:
@@ -100,6 +104,11 @@ def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
             settings["peer_host"], settings["peer_port"] = parse_address(peer_listen)
         if client_listen is not None:
             settings["client_host"], settings["client_port"] = parse_address(client_listen)
+        if http_listen is not None:
+            if http_listen.lower() == "off":
+                settings["http_port"] = None
+            else:
+                settings["http_host"], settings["http_port"] = parse_address(http_listen)
         if initial_cluster is not None:
             settings["initial_cluster"] = parse_initial_cluster(initial_cluster)
         if client_urls is not None:

@@ -7,8 +7,9 @@ to a file beside its data. Ctrl-C (SIGINT), SIGTERM or SIGHUP stops every
 node by pid with SIGTERM (SIGKILL for any that outlives the grace period)
 and exits 0.
 
-Ports: peer ports BASE..BASE+2 and client ports BASE+100..BASE+102, BASE
-being ``--base-port`` (7001). Data lives under ``--data-dir`` (./data) and
+Ports: peer ports BASE..BASE+2, client ports BASE+100..BASE+102 and HTTP
+ports (API, metrics, dashboard) BASE+200..BASE+202, BASE being
+``--base-port`` (7001). Data lives under ``--data-dir`` (./data) and
 is reused, so a restarted cluster has its keys; ``--fresh`` uses a new
 temporary directory instead and removes it afterwards.
 
@@ -38,6 +39,7 @@ from quorumkv.errors import QuorumKVError
 NAMES = ("n1", "n2", "n3")
 DEFAULT_BASE_PORT = 7001
 CLIENT_PORT_OFFSET = 100
+HTTP_PORT_OFFSET = 200
 HOST = "127.0.0.1"
 LEADER_TIMEOUT = 60.0
 STOP_GRACE = 10.0
@@ -49,6 +51,7 @@ class DevNode:
     name: str
     peer_port: int
     client_port: int
+    http_port: int
     data_dir: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
@@ -57,6 +60,10 @@ class DevNode:
     @property
     def client_address(self) -> str:
         return f"{HOST}:{self.client_port}"
+
+    @property
+    def dashboard_url(self) -> str:
+        return f"http://{HOST}:{self.http_port}/"
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -70,6 +77,7 @@ class DevCluster:
     def __init__(self, base_port: int, data_root: Path, tick_ms: int) -> None:
         self.nodes = [DevNode(name=name, peer_port=base_port + i,
                               client_port=base_port + CLIENT_PORT_OFFSET + i,
+                              http_port=base_port + HTTP_PORT_OFFSET + i,
                               data_dir=data_root / name, log_path=data_root / f"{name}.log")
                       for i, name in enumerate(NAMES)]
         self.tick_ms = tick_ms
@@ -82,7 +90,7 @@ class DevCluster:
     def busy_ports(self) -> list[int]:
         busy = []
         for n in self.nodes:
-            for port in (n.peer_port, n.client_port):
+            for port in (n.peer_port, n.client_port, n.http_port):
                 with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
                     # As the server binds: a port in TIME_WAIT is reusable, one in use is not.
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -101,7 +109,8 @@ class DevCluster:
             n.data_dir.parent.mkdir(parents=True, exist_ok=True)
             args = [sys.executable, "-m", "quorumkv.cli", "serve", "--name", n.name,
                     "--data-dir", str(n.data_dir), "--peer-listen", f"{HOST}:{n.peer_port}",
-                    "--client-listen", n.client_address, "--initial-cluster", initial,
+                    "--client-listen", n.client_address,
+                    "--http-listen", f"{HOST}:{n.http_port}", "--initial-cluster", initial,
                     "--client-urls", clients, "--tick-ms", str(self.tick_ms)]
             with open(n.log_path, "ab") as log:  # the child keeps its own copy of the fd
                 n.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
@@ -176,9 +185,11 @@ def _print_ready(cluster: DevCluster, leader: str, data_note: str, base_port: in
     for n in cluster.nodes:
         assert n.proc is not None
         say(f"  {n.name}  client {n.client_address}  peer {HOST}:{n.peer_port}  "
-            f"pid {n.proc.pid}  log {n.log_path}")
+            f"http {n.dashboard_url}  pid {n.proc.pid}  log {n.log_path}")
     say(f"endpoints: {cluster.endpoints}")
     say(f"leader: {leader}")
+    say(f"dashboard: {cluster.nodes[0].dashboard_url}  (every node serves it; "
+        f"metrics at {cluster.nodes[0].dashboard_url}metrics)")
     cli = _cli_command()
     say("")
     say("Try, in another terminal:")
@@ -191,9 +202,10 @@ def _print_ready(cluster: DevCluster, leader: str, data_note: str, base_port: in
 
 
 @click.command()
-@click.option("--base-port", type=click.IntRange(1, 65535 - CLIENT_PORT_OFFSET - len(NAMES)),
+@click.option("--base-port", type=click.IntRange(1, 65535 - HTTP_PORT_OFFSET - len(NAMES)),
               default=DEFAULT_BASE_PORT, show_default=True,
-              help="Peer ports are BASE..BASE+2, client ports BASE+100..BASE+102.")
+              help="Peer ports are BASE..BASE+2, client ports BASE+100..BASE+102, HTTP "
+                   "ports BASE+200..BASE+202.")
 @click.option("--data-dir", type=click.Path(path_type=Path), default=None,
               help="Where the nodes keep their data, reused on restart [./data].")
 @click.option("--fresh", is_flag=True,

@@ -107,7 +107,8 @@ class ChaosCluster:
             self.base_args[name] = [
                 sys.executable, "-m", "quorumkv.cli", "serve", "--name", name,
                 "--data-dir", str(self.root / name), "--peer-listen", f"127.0.0.1:{ports[i]}",
-                "--client-listen", f"127.0.0.1:{ports[2 * self.size + i]}", "--tick-ms", "50"]
+                "--client-listen", f"127.0.0.1:{ports[2 * self.size + i]}", "--tick-ms", "50",
+                "--http-listen", "127.0.0.1:0"]
             args = [*self.base_args[name], "--initial-cluster", initial,
                     "--client-urls", clients]
             node = NodeProcess(name=name, data_dir=self.root / name, peer_port=ports[i],

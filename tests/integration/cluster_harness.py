@@ -57,11 +57,17 @@ class NodeProcess:
     client_port: int
     args: list[str]
     log_path: Path
+    http_port: int | None = None
     proc: subprocess.Popen[bytes] | None = None
 
     @property
     def client_address(self) -> str:
         return f"127.0.0.1:{self.client_port}"
+
+    @property
+    def http_url(self) -> str:
+        assert self.http_port is not None, f"{self.name} serves no HTTP port"
+        return f"http://127.0.0.1:{self.http_port}"
 
     def start(self) -> None:
         assert self.proc is None or self.proc.poll() is not None
@@ -144,13 +150,15 @@ class Cluster:
                    extra: list[str] | None = None) -> NodeProcess:
         """A node that joins this cluster with ``serve --join`` (not started yet); stopped
         with the cluster."""
-        peer, client = free_ports(2)
+        peer, client, http = free_ports(3)
         args = [sys.executable, "-m", "quorumkv.cli", "serve", "--name", name,
                 "--data-dir", str(tmp_path / name),
                 "--peer-listen", f"127.0.0.1:{peer}", "--client-listen", f"127.0.0.1:{client}",
+                "--http-listen", f"127.0.0.1:{http}",
                 "--join", ",".join(join or self.endpoints), "--tick-ms", "50", *(extra or [])]
         node = NodeProcess(name=name, data_dir=tmp_path / name, peer_port=peer,
-                           client_port=client, args=args, log_path=tmp_path / f"{name}.log")
+                           client_port=client, args=args, log_path=tmp_path / f"{name}.log",
+                           http_port=http)
         self.nodes.append(node)
         return node
 
@@ -159,7 +167,7 @@ class Cluster:
 def running_cluster(tmp_path: Path, size: int = 3, *, extra: list[str] | None = None,
                     data_dirs: dict[str, Path] | None = None) -> Iterator[Cluster]:
     """``data_dirs`` puts some members' data elsewhere (e.g. on a small filesystem)."""
-    ports = free_ports(2 * size)
+    ports = free_ports(3 * size)
     names = [f"n{i + 1}" for i in range(size)]
     initial = ",".join(f"{n}=127.0.0.1:{ports[i]}" for i, n in enumerate(names))
     clients = ",".join(f"{n}=127.0.0.1:{ports[size + i]}" for i, n in enumerate(names))
@@ -170,11 +178,13 @@ def running_cluster(tmp_path: Path, size: int = 3, *, extra: list[str] | None = 
                 "--data-dir", str(data_dir),
                 "--peer-listen", f"127.0.0.1:{ports[i]}",
                 "--client-listen", f"127.0.0.1:{ports[size + i]}",
+                "--http-listen", f"127.0.0.1:{ports[2 * size + i]}",
                 "--initial-cluster", initial, "--client-urls", clients,
                 "--tick-ms", "50", *(extra or [])]
         cluster.nodes.append(NodeProcess(name=name, data_dir=data_dir,
                                          peer_port=ports[i], client_port=ports[size + i],
-                                         args=args, log_path=tmp_path / f"{name}.log"))
+                                         args=args, log_path=tmp_path / f"{name}.log",
+                                         http_port=ports[2 * size + i]))
     try:
         for n in cluster.nodes:
             n.start()

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -272,10 +273,10 @@ def test_bench_reports_sane_numbers(cluster: Cluster) -> None:
 
 
 def _free_base_port() -> int:
-    """A base port whose six dev-cluster ports (BASE+0..2, BASE+100..102) are all free."""
+    """A base port whose nine dev-cluster ports (BASE+0..2, +100..102, +200..202) are free."""
     for _ in range(100):
         (base,) = free_ports(1)
-        ports = [base + i for i in range(3)] + [base + 100 + i for i in range(3)]
+        ports = [base + offset + i for offset in (0, 100, 200) for i in range(3)]
         if max(ports) <= 65535 and all(_bindable(p) for p in ports):
             return base
     raise AssertionError("no free base port found")
@@ -319,7 +320,7 @@ class DevClusterProcess:
             self.output.append(line)
             if m := re.search(r"\bpid (\d+)\b", line):
                 self.child_pids.append(int(m[1]))
-            for key in ("endpoints", "leader"):
+            for key in ("endpoints", "leader", "dashboard"):
                 if line.startswith(f"{key}: "):
                     found[key] = line.split(": ", 1)[1].strip()
             if line.startswith("Ctrl-C stops"):
@@ -360,6 +361,10 @@ def test_devcluster_starts_serves_and_stops_on_sigint() -> None:
         assert len(dev.child_pids) == 3 and all(_alive(p) for p in dev.child_pids)
         for example in ("put hello world", "get hello", "status"):
             assert any(line.rstrip().endswith(example) for line in dev.output), dev.output
+        dashboard = ready["dashboard"].split()[0]
+        assert dashboard.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(dashboard + "health", timeout=CLI_TIMEOUT) as answer:
+            assert json.load(answer)["status"] == "ok"
         ok(cli(ready["endpoints"], "put", "hello", "world"))
         assert ok(cli(ready["endpoints"], "get", "hello")) == "world\n"
         data_dir = re.search(r"fresh data in (\S+)", dev.output[0])

@@ -58,6 +58,12 @@ class NodeConfig:
     peer_port: int = 7001
     client_host: str = "127.0.0.1"
     client_port: int = 7101
+    http_host: str = "127.0.0.1"
+    http_port: int | None = 7201
+    """The HTTP/JSON API, /metrics and the dashboard; None turns the HTTP port off,
+    0 takes any free port."""
+    max_http_body_bytes: int = 2 << 20
+    """An HTTP request body above this is refused with 413 before it is read whole."""
     initial_cluster: dict[str, tuple[str, int]] = field(default_factory=dict)
     """Peer addresses of the initial members (this node included)."""
     client_addresses: dict[str, str] = field(default_factory=dict)
@@ -139,6 +145,10 @@ class NodeConfig:
                 or self.failed_after_s <= 0 or self.health_interval_ms <= 0):
             raise InvalidArgument("min_heartbeat_std_s, failed_after_s and health_interval_ms "
                                   "must be positive, acceptable_pause_s not negative")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise InvalidArgument("http_port must be between 0 and 65535")
+        if self.max_http_body_bytes < 1024:
+            raise InvalidArgument("max_http_body_bytes must be at least 1024")
         if (self.max_watches < 1 or self.max_watches_per_connection < 1
                 or self.max_client_connections < 1 or not self.client_frame_timeout_s > 0):
             raise InvalidArgument("max_watches, max_watches_per_connection, "
@@ -153,6 +163,10 @@ class NodeConfig:
     def peer_address(self) -> str:
         """Where other members reach our peer port (what joining registers)."""
         return self.peer_advertise or f"{self.peer_host}:{self.peer_port}"
+
+    @property
+    def http_address(self) -> str | None:
+        return None if self.http_port is None else f"{self.http_host}:{self.http_port}"
 
     @property
     def client_address(self) -> str:

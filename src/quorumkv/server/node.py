@@ -62,6 +62,7 @@ from quorumkv.raft.node import RaftNode
 from quorumkv.server.client_api import ClientServer
 from quorumkv.server.config import NodeConfig, node_id_for, parse_address
 from quorumkv.server.data_dir import DataDir
+from quorumkv.server.http_server import HttpServer
 from quorumkv.server.join import join_cluster
 from quorumkv.server.leases import LeaseManager
 from quorumkv.server.member_status import member_statuses
@@ -122,6 +123,7 @@ class Node:
         self.group: RaftGroup | None = None
         self.transport: Any = None
         self.client_server: Any = None
+        self.http_server: HttpServer | None = None
         self.wal: WriteAheadLog | None = None
         self.kv: KVStore | None = None
         self.replicas = ReplicaClients(max_frame=config.max_request_bytes)
@@ -267,10 +269,17 @@ class Node:
                                           max_connections=cfg.max_client_connections,
                                           frame_timeout=cfg.client_frame_timeout_s)
         await self.client_server.start()
+        if cfg.http_port is not None:
+            self.http_server = HttpServer(self, host=cfg.http_host, port=cfg.http_port,
+                                          max_body=cfg.max_http_body_bytes)
+            await self.http_server.start()
         self.started = True
         log.info("node %s (id %d) serving clients on %s:%d, peers on %s:%d", cfg.name,
                  self.node_id, cfg.client_host, self.client_server.port, cfg.peer_host,
                  self.transport.port)
+        if self.http_server is not None:
+            log.info("HTTP API, metrics and dashboard on http://%s:%d/", cfg.http_host,
+                     self.http_server.port)
 
     async def serve(self) -> None:
         """Run until stop() or a termination signal; then shut down cleanly."""
@@ -375,6 +384,8 @@ class Node:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.watches.close()
         await self.leases.close()
+        if self.http_server is not None:
+            await self.http_server.close()
         if self.client_server is not None:
             await self.client_server.close(grace=grace)
         assert self.group is not None
