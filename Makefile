@@ -9,7 +9,7 @@ SEED ?=
 NODES ?= 5
 DURATION ?= 600
 
-.PHONY: test lint run sim-demo sim replay chaos clean
+.PHONY: test browser lint run sim-demo sim replay chaos clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +17,17 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -n 2 tests
+
+# The dashboard's test drives the system's Chromium (never a downloaded browser).
+# As root, install Debian's package when it is missing; elsewhere the test skips
+# and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+	  apt-get install -y -q chromium >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
+	  echo "could not install chromium: the dashboard's browser test will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests
