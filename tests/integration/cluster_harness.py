@@ -34,8 +34,62 @@ def wait_until(predicate: Callable[[], object], timeout: float = 60.0,
     raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")
 
 
+_PORT_FLOOR = 20_000
+_port_cursor: int | None = None
+
+
+def _ephemeral_floor() -> int:
+    try:
+        return int(open("/proc/sys/net/ipv4/ip_local_port_range").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def _port_block() -> tuple[int, int]:
+    """This test process's own ports: below the kernel's ephemeral range, so no outgoing
+    connection can take one between our choosing it and the node binding it, and split
+    between pytest-xdist workers, so two workers never hand out the same port."""
+    top = _ephemeral_floor()
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")[2:]
+    index = int(worker) if worker.isdigit() else 0
+    workers = max(1, int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")))
+    size = (top - _PORT_FLOOR) // workers
+    return _PORT_FLOOR + index * size, _PORT_FLOOR + (index + 1) * size
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        # As the nodes bind: a port in TIME_WAIT is reusable, one in use is not.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_ports(count: int) -> list[int]:
-    """Ports the kernel just handed out on 127.0.0.1 (closed again, so a process can bind)."""
+    """Ports on 127.0.0.1 that nothing holds now, handed out in turn from this process's
+    block (see _port_block) so none is handed out twice in a while."""
+    global _port_cursor
+    low, high = _port_block()
+    if high - low < 4 * count:  # an unusual port range: let the kernel choose
+        return _kernel_ports(count)
+    if _port_cursor is None:
+        # Not always the block's first ports: a previous run's nodes may linger there.
+        _port_cursor = low + (os.getpid() * 7919) % (high - low)
+    out: list[int] = []
+    for _ in range(high - low):
+        port = _port_cursor
+        _port_cursor = low + (_port_cursor + 1 - low) % (high - low)
+        if _bindable(port):
+            out.append(port)
+            if len(out) == count:
+                return out
+    raise AssertionError(f"no {count} free ports in {low}-{high}")
+
+
+def _kernel_ports(count: int) -> list[int]:
     socks = []
     try:
         for _ in range(count):

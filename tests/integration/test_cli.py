@@ -404,6 +404,8 @@ def test_devcluster_keeps_its_data_across_restarts(tmp_path: Path) -> None:
 def test_devcluster_refuses_a_port_in_use() -> None:
     base = _free_base_port()
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as taken:
+        # As a server binds: the port may be in TIME_WAIT from an earlier test's node.
+        taken.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         taken.bind(("127.0.0.1", base + 101))
         taken.listen()
         result = subprocess.run([sys.executable, "-m", "quorumkv.devcluster", "--fresh",

@@ -83,9 +83,13 @@ def writing(cluster: Cluster) -> Iterator[Writer]:
 
 
 def members(cluster: Cluster) -> dict[str, bool]:
-    """name -> voter, as the leader reports it."""
-    live = [n.client_address for n in cluster.nodes if n.running()]
-    with Client(live, timeout=10.0) as c:
+    """name -> voter, as the leader reports it (any other member may not have applied the
+    latest change yet: a member list is served from what the answering node applied)."""
+    live = [n for n in cluster.nodes if n.running()]
+    with Client([n.client_address for n in live], timeout=10.0) as c:
+        leader = c.status()["leader"]
+    address = next((n.client_address for n in live if n.name == leader), None)
+    with Client([address] if address else [n.client_address for n in live], timeout=10.0) as c:
         return {m.name: m.voter for m in c.member_list()}
 
 
