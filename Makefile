@@ -9,7 +9,7 @@ SEED ?=
 NODES ?= 5
 DURATION ?= 600
 
-.PHONY: test browser lint run sim-demo sim replay chaos clean
+.PHONY: test browser lint run sim-demo sim replay chaos compare clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -30,7 +30,7 @@ browser:
 	  echo "could not install chromium: the dashboard's browser test will be skipped"
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests
+	$(BIN)/ruff check src tests bench
 	$(BIN)/mypy --strict src
 
 # A local 3-node cluster of real `quorumkv serve` processes (client ports
@@ -54,6 +54,17 @@ replay: $(STAMP)
 # make chaos DURATION=600 SEED=7 (a failing run keeps its evidence and prints where)
 chaos: $(STAMP)
 	$(BIN)/python tests/chaos/runner.py --nodes 3,5 --duration $(DURATION) $(if $(SEED),--seed $(SEED),)
+
+# quorumkv beside etcd and PySyncObj, 3-member clusters on this machine, one table into
+# docs/performance.md. Installs Debian's etcd-server (as root) and the other systems'
+# Python packages into bench/compare/.venv-peers. DURATION is per measurement (10 s
+# unless given here): make compare DURATION=10 [CONCURRENCY=1,16,64]
+# [WORKLOADS=put,get,get-one] [SYSTEMS=quorumkv,etcd,pysyncobj] [PROCS=2]
+compare: $(STAMP)
+	$(BIN)/python -m bench.compare \
+	  $(if $(filter command line environment,$(origin DURATION)),--duration $(DURATION),) \
+	  $(if $(CONCURRENCY),--concurrency $(CONCURRENCY),) $(if $(WORKLOADS),--workloads $(WORKLOADS),) \
+	  $(if $(SYSTEMS),--systems $(SYSTEMS),) $(if $(PROCS),--procs $(PROCS),)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
