@@ -1,7 +1,7 @@
 """The ``quorumkv`` command line.
 
 ``serve`` runs a node. The client commands (put, get, del, scan, txn,
-status, member list/add/remove/promote, leave, bench) live in ``cli_*.py``
+status, member list/add/remove/promote, leave, bench, snapshot) live in ``cli_*.py``
 beside this file and talk to a running cluster; see ``cli_common.py`` for the
 options they share.
 """
@@ -19,6 +19,7 @@ from quorumkv.cli_cluster import leave, member, status
 from quorumkv.cli_common import ClientSettings, QuorumKVGroup, group_options, parse_endpoints
 from quorumkv.cli_coordination import lease, lock, watch
 from quorumkv.cli_kv import delete, get, put, scan
+from quorumkv.cli_snapshot import snapshot
 from quorumkv.cli_txn import txn
 from quorumkv.errors import QuorumKVError
 from quorumkv.server.config import NodeConfig, load_toml, parse_address, parse_initial_cluster
@@ -40,7 +41,8 @@ def main(ctx: click.Context, endpoints: str, timeout: float, json_output: bool) 
                              json=json_output)
 
 
-for _command in (put, get, delete, scan, txn, status, member, leave, bench, watch, lease, lock):
+for _command in (put, get, delete, scan, txn, status, member, leave, bench, watch, lease, lock,
+                 snapshot):
     main.add_command(_command)
 
 

@@ -20,6 +20,9 @@ carries this client's random id and a sequence number the node deduplicates.
 The membership methods (``member_list``, ``member_add``, ``member_remove``,
 ``member_promote``, ``leave``) take the cluster token; a node refuses a wrong
 one with AuthenticationFailed.
+
+``snapshot_save`` streams a backup of one node's store into a file (see
+``snapshot.py``); ``quorumkv snapshot restore`` makes a new cluster from it.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ import asyncio
 import random
 import secrets
 from collections.abc import Sequence
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -64,6 +68,7 @@ from quorumkv.client.protocol import (
     write_result_from_wire,
 )
 from quorumkv.client.retrying_caller import RetryingCaller
+from quorumkv.client.snapshot import DEFAULT_STALL_TIMEOUT, Progress, save_backup
 from quorumkv.client.watch import Watch
 from quorumkv.errors import InvalidArgument, ProtocolError
 from quorumkv.kv.commands import (
@@ -93,6 +98,7 @@ from quorumkv.kv.results import (
     TxnResult,
 )
 from quorumkv.kv.validation import check_command, check_range_request
+from quorumkv.storage.backup_file import BackupInfo
 from quorumkv.transport.framing import DEFAULT_MAX_FRAME
 
 KeyLike = bytes | str
@@ -265,6 +271,27 @@ class AsyncClient:
         digest, header = digest_from_wire(await self._caller.call(DigestRequest()))
         self._observe(header.revision)
         return digest
+
+    async def snapshot_save(self, path: str | Path, *, progress: Progress | None = None,
+                            stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> BackupInfo:
+        """Save a backup of a node's store (the one this client is connected to, or the
+        next that can take one) in ``path``.
+
+        The node copies its store after a read index, so the backup holds every write
+        acknowledged before the call. ``path`` is replaced only by a complete, checked
+        backup (written to ``path.part`` first). ``progress(received, total)`` is called
+        (bytes) as it arrives, on the client's event loop. A node that cannot start one
+        (no leader, stopping, unreachable) is left for the next endpoint; the call fails
+        (Timeout) once the nodes send nothing for ``stall_timeout`` seconds: copying a
+        large store may take longer than a request's timeout. Returns the backup's
+        header and SHA-256.
+        """
+        if not stall_timeout > 0:
+            raise InvalidArgument("stall_timeout must be positive")
+        info = await save_backup(self._caller, Path(path), progress=progress,
+                                 stall_timeout=stall_timeout)
+        self._observe(info.header.revision)
+        return info
 
     # -- membership ------------------------------------------------------------------
 

@@ -30,6 +30,7 @@ import asyncio
 import threading
 from collections.abc import Coroutine, Iterator, Sequence
 from concurrent.futures import Future
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -37,6 +38,7 @@ from quorumkv.client.async_client import AsyncClient, KeyLike
 from quorumkv.client.coordination_wire import WatchResponse
 from quorumkv.client.lease import Lease
 from quorumkv.client.members import DEFAULT_TOKEN, Member, Membership
+from quorumkv.client.snapshot import DEFAULT_STALL_TIMEOUT, Progress
 from quorumkv.client.watch import Watch
 from quorumkv.errors import Timeout
 from quorumkv.kv.commands import Compare, TxnOp
@@ -49,6 +51,7 @@ from quorumkv.kv.results import (
     RangeResult,
     TxnResult,
 )
+from quorumkv.storage.backup_file import BackupInfo
 from quorumkv.transport.framing import DEFAULT_MAX_FRAME
 
 _T = TypeVar("_T")
@@ -181,6 +184,13 @@ class Client:
 
     def digest(self) -> dict[str, Any]:
         return self._run(self._client.digest())
+
+    def snapshot_save(self, path: str | Path, *, progress: Progress | None = None,
+                      stall_timeout: float = DEFAULT_STALL_TIMEOUT) -> BackupInfo:
+        """:meth:`AsyncClient.snapshot_save`, blocking; ``progress`` is called from the
+        client's own thread."""
+        return self._run(self._client.snapshot_save(path, progress=progress,
+                                                    stall_timeout=stall_timeout))
 
     def membership(self) -> Membership:
         return self._run(self._client.membership())

@@ -38,6 +38,8 @@ lengths: name 64 characters, addresses 300, token 1024)::
     "move_leader"    {"name": str, "token": str = ""}   the leader hands leadership to NAME
     "leave"          {"token": str = ""}     the answering node leaves the cluster, then stops
     "digest"         {}      a digest of the answering node's store, to compare replicas
+    "snapshot"       {}      a backup of the answering node's store, streamed (see
+                             client/snapshot.py for its messages)
 
 ``(client_id, seq)`` identifies a write for deduplication (thesis §6.3): a
 retry reuses both, so the node can answer it from the first attempt's
@@ -82,7 +84,8 @@ The entries of a status's "members" additionally carry::
     "lag": int|nil        (entries behind the leader's log; known on the leader),
     "promotion": str|nil  (why a joining learner is not promoted yet)
 
-and the status map has ``"leader_view": {"name": str, "members": [...]}|nil`` and
+and the status map has ``"leader_view": {"name": str, "members": [...], "node": {...}}|nil``
+(``node``: the leader's own term, commit and applied index, as in its ``node``) and
 ``"leader_view_error": str|nil``.
 
 Requests are checked strictly (the server raises InvalidArgument naming the
@@ -144,6 +147,7 @@ __all__ = [
     "ReadRequest",
     "Request",
     "Response",
+    "SnapshotRequest",
     "StatusRequest",
     "WaitAppliedRequest",
     "WriteRequest",
@@ -172,7 +176,7 @@ WRITE_CONSISTENCY: Final = ("one", "quorum", "all")
 READ_CONSISTENCY: Final = ("one", "session", "quorum", "all")
 OPS: Final = ("write", "range", "status", "hello", "wait_applied", "member_list", "member_add",
               "member_remove", "member_promote", "move_leader", "leave", "digest",
-              *COORDINATION_OPS)
+              "snapshot", *COORDINATION_OPS)
 MAX_NAME_LENGTH: Final = 64
 MAX_ADDRESS_LENGTH: Final = 300
 MAX_TOKEN_LENGTH: Final = 1024
@@ -259,10 +263,15 @@ class DigestRequest:
     pass
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SnapshotRequest:
+    """A backup of the answering node's state machine, as a stream of the file's bytes."""
+
+
 Request = (WriteRequest | ReadRequest | StatusRequest | HelloRequest | WaitAppliedRequest
            | MemberListRequest | MemberAddRequest | MemberRemoveRequest | MemberPromoteRequest
            | MoveLeaderRequest
-           | LeaveRequest | DigestRequest | CoordinationRequest)
+           | LeaveRequest | DigestRequest | SnapshotRequest | CoordinationRequest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,6 +302,8 @@ def _request_args(req: Request) -> tuple[str, dict[str, Any]]:
         return "wait_applied", {"index": req.index}
     if isinstance(req, HelloRequest):
         return "hello", {}
+    if isinstance(req, SnapshotRequest):
+        return "snapshot", {}
     if isinstance(req, CoordinationRequest):
         return coordination_args(req)
     return _membership_args(req)
@@ -435,6 +446,8 @@ def parse_request(obj: object) -> tuple[int, Request]:
         req = WaitAppliedRequest(index=f.integer("index"))
     elif op == "hello":
         req = HelloRequest()
+    elif op == "snapshot":
+        req = SnapshotRequest()
     elif op in COORDINATION_OPS:
         req = parse_coordination(op, f)
     else:

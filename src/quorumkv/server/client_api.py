@@ -30,15 +30,23 @@ idle connections, and a watch is one. So a connection buffers at most
 ``max_frame`` bytes of an incomplete request (plus one read chunk), and runs
 at most ``max_inflight`` requests.
 
+Streams. A watch's later answers are written by the node's watch hub; a
+snapshot's (a backup, ``client/snapshot.py``) by the request's own task, one
+chunk at a time, each waiting until the connection takes it, so a slow
+client slows the stream rather than filling memory.
+
 Shutdown. :meth:`ClientServer.close` stops accepting, stops reading new
 requests, waits for the requests in flight to be answered, then closes the
-connections.
+connections. A snapshot being streamed ends at its next chunk with an
+error (the client takes it again elsewhere).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -61,6 +69,7 @@ from quorumkv.client.protocol import (
     MoveLeaderRequest,
     ReadRequest,
     Request,
+    SnapshotRequest,
     StatusRequest,
     WaitAppliedRequest,
     WriteRequest,
@@ -70,7 +79,15 @@ from quorumkv.client.protocol import (
     request_id_of,
     unpack_payload,
 )
-from quorumkv.errors import InvalidArgument, KeyTooLarge, QuorumKVError, ResourceExhausted
+from quorumkv.client.snapshot import chunk_to_wire
+from quorumkv.errors import (
+    InvalidArgument,
+    KeyTooLarge,
+    QuorumKVError,
+    ResourceExhausted,
+    StorageError,
+    UnavailableError,
+)
 from quorumkv.kv.commands import Command, RangeRequest
 from quorumkv.kv.validation import Limits, validate
 from quorumkv.transport.framing import FrameDecoder, FrameTooLarge, encode_frame
@@ -78,6 +95,38 @@ from quorumkv.transport.framing import FrameDecoder, FrameTooLarge, encode_frame
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 64 * 1024
+SNAPSHOT_CHUNK = 1 << 20
+"""Bytes of a backup per frame (less if frames are smaller): few frames, little memory."""
+_FRAME_OVERHEAD = 256
+"""Room in a frame for a chunk's map around its bytes."""
+
+
+class SnapshotSource(Protocol):
+    """A backup file the node has ready to send (server/backup.py's BackupSource)."""
+
+    @property
+    def size(self) -> int: ...
+
+    async def read(self, max_bytes: int) -> bytes: ...
+
+    async def close(self) -> None: ...
+
+
+RequestObserver = Callable[[str, str, float, str | None], None]
+"""Told of every request answered: (operation, consistency level or "", seconds from
+decoding to having the answer, the error code or None)."""
+
+_OP_NAMES: dict[type, str] = {}
+
+
+def op_name(req: object) -> str:
+    """The request's operation as metrics label it: ``MemberAddRequest`` -> ``member_add``."""
+    cls = type(req)
+    name = _OP_NAMES.get(cls)
+    if name is None:
+        base = cls.__name__.removesuffix("Request")
+        name = _OP_NAMES[cls] = re.sub(r"(?<!^)(?=[A-Z])", "_", base).lower()
+    return name
 
 
 class KVService(Protocol):
@@ -101,6 +150,10 @@ class KVService(Protocol):
     async def status(self, *, local: bool = False) -> dict[str, Any]: ...
 
     async def digest(self) -> dict[str, Any]: ...
+
+    async def snapshot(self) -> tuple[dict[str, Any], SnapshotSource]:
+        """The first answer of a snapshot stream and the backup to send after it."""
+        ...
 
     async def leave(self, *, token: str) -> dict[str, Any]: ...
 
@@ -204,7 +257,8 @@ class _Stream:
 class ClientServer:
     def __init__(self, service: KVService, *, host: str, port: int, max_frame: int = 4 << 20,
                  limits: Limits, max_inflight: int = 1024, max_connections: int = 1024,
-                 frame_timeout: float = 30.0) -> None:
+                 frame_timeout: float = 30.0, observe: RequestObserver | None = None
+                 ) -> None:
         """``max_inflight`` bounds the requests one connection may have in flight;
         beyond it the server stops reading that connection until some finish.
         ``max_connections`` bounds the connections served at once; ``frame_timeout``
@@ -218,11 +272,17 @@ class ClientServer:
         self._max_inflight = max_inflight
         self._max_connections = max_connections
         self._frame_timeout = frame_timeout
+        self._observe = observe
         self.refused_connections = 0
         """Connections turned away because ``max_connections`` were open."""
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._closing = False
+
+    @property
+    def connection_count(self) -> int:
+        """Client connections open now."""
+        return len(self._connections)
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, self._host, self.port)
@@ -350,6 +410,10 @@ class ClientServer:
 
     async def _serve(self, conn: _Connection, request_id: int, req: Request) -> None:
         stream: _Stream | None = None
+        started = time.perf_counter()
+        error: str | None = None
+        snapshot: SnapshotSource | None = None
+        failed = False
         try:
             try:
                 if isinstance(req, WatchRequest):
@@ -358,21 +422,74 @@ class ClientServer:
                     result = await self._service.watch(req, stream)
                 elif isinstance(req, WatchCancelRequest):
                     result = self._service.watch_cancel(req.watch_id, conn)
+                elif isinstance(req, SnapshotRequest):
+                    result, snapshot = await self._service.snapshot()
                 else:
                     result = await self._execute(req)
                 frame = encode_frame(encode_response(request_id, result), self._max_frame)
             except QuorumKVError as err:  # includes an answer too large for a frame
                 frame = self._error_frame(request_id, err)
+                error = err.code
+                failed = True
             except Exception as err:
                 log.exception("client request %d (%s) from %s failed", request_id,
                               type(req).__name__, conn.peer)
                 frame = self._error_frame(
                     request_id, QuorumKVError(f"internal error: {type(err).__name__}"))
+                error = QuorumKVError.code
+                failed = True
+            self._observed(req, time.perf_counter() - started, error)
             await conn.send(frame)
             if stream is not None:
                 stream.ready.set()  # the watch's own messages may follow its first answer
+            if snapshot is not None and not failed:
+                await self._send_snapshot(conn, request_id, snapshot)
         finally:
+            if snapshot is not None:
+                await snapshot.close()
             conn.slots.release()
+
+    async def _send_snapshot(self, conn: _Connection, request_id: int,
+                             snapshot: SnapshotSource) -> None:
+        """The backup's bytes after its first answer, in order; an error frame if it cannot
+        be finished. Stops quietly if the client goes away."""
+        chunk = max(1, min(SNAPSHOT_CHUNK, self._max_frame - _FRAME_OVERHEAD))
+        offset = 0
+        try:
+            while offset < snapshot.size:
+                if conn.writer.is_closing():
+                    return  # nobody to send it to
+                if self._closing:
+                    raise UnavailableError("the node is shutting down: take the backup "
+                                           "again (from another node)")
+                data = await snapshot.read(min(chunk, snapshot.size - offset))
+                if not data:
+                    raise StorageError(f"the backup ended after {offset} of its "
+                                       f"{snapshot.size} bytes")
+                body = chunk_to_wire(offset, data, done=offset + len(data) == snapshot.size)
+                offset += len(data)
+                # send() waits for the connection to take it: the client sets the pace.
+                await conn.send(encode_frame(encode_response(request_id, body),
+                                             self._max_frame))
+        except QuorumKVError as err:
+            log.warning("a backup stream to %s ended after %d of %d bytes: %s", conn.peer,
+                        offset, snapshot.size, err.message)
+            await conn.send(self._error_frame(request_id, err))
+        except Exception as err:
+            log.exception("streaming a backup to %s failed", conn.peer)
+            await conn.send(self._error_frame(
+                request_id, QuorumKVError(f"internal error: {type(err).__name__}")))
+
+    def _observed(self, req: Request, seconds: float, error: str | None) -> None:
+        if self._observe is None:
+            return
+        consistency = getattr(req, "consistency", "")
+        try:
+            self._observe(op_name(req), consistency if isinstance(consistency, str) else "",
+                          seconds, error)
+        except Exception:
+            # Metrics are never worth a client's answer.
+            log.exception("recording a client request's metrics failed")
 
     def _error_frame(self, request_id: int, err: QuorumKVError) -> bytes:
         try:

@@ -10,14 +10,15 @@ Errors. A :class:`QuorumKVError` becomes ``{"error": {"code", "message",
 "details"}}`` with the same ``code`` the client protocol uses and an HTTP
 status chosen by its kind (:func:`http_status`). A request aiohttp refuses
 itself (unknown path, wrong method, body above ``max_http_body_bytes``)
-gets the same JSON shape with code ``invalid_argument``. Anything else is a
-bug: it is logged with its traceback and answered 500 without detail, and
-the server goes on.
+gets the same JSON shape with code ``invalid_argument`` (``message_too_large``
+for the body). Anything else is a bug: it is logged with its traceback and
+answered 500 without detail, and the server goes on.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,17 @@ from quorumkv.errors import (
     UnavailableError,
     ValueTooLarge,
 )
+from quorumkv.server import (
+    http_cluster,
+    http_dashboard,
+    http_kv,
+    http_lease,
+    http_observe,
+    http_watch,
+    openapi,
+)
+from quorumkv.server.http_forward import close_forwarder
+from quorumkv.server.http_json import error_json
 
 if TYPE_CHECKING:
     from quorumkv.server.node import Node
@@ -79,7 +91,7 @@ def http_status(err: QuorumKVError) -> int:
 
 
 def error_body(err: QuorumKVError) -> dict[str, Any]:
-    return {"error": err.to_dict()}
+    return {"error": error_json(err.to_dict())}
 
 
 def error_response(err: QuorumKVError) -> web.Response:
@@ -98,7 +110,8 @@ async def _errors_as_json(request: web.Request,
         if e.status < 400:
             raise
         reason = e.text if e.text and not e.text.startswith(f"{e.status}:") else e.reason
-        body = {"error": {"code": InvalidArgument.code, "message": reason, "details": {}}}
+        code = MessageTooLarge.code if e.status == 413 else InvalidArgument.code
+        body = {"error": {"code": code, "message": reason, "details": {}}}
         return web.json_response(body, status=e.status, headers={
             k: v for k, v in e.headers.items() if k.lower() == "allow"})
     except (ConnectionResetError, TimeoutError):
@@ -108,6 +121,58 @@ async def _errors_as_json(request: web.Request,
         body = {"error": {"code": QuorumKVError.code,
                           "message": "internal error (logged on the node)", "details": {}}}
         return web.json_response(body, status=500)
+
+
+KV_READ_PATHS = http_kv.READ_PATHS
+KV_WRITE_PATHS = http_kv.WRITE_PATHS
+"""The key-value API's reads and writes (http_kv.py's routes): they feed the per-second
+request series like the client port's."""
+STREAMING_ROUTES = frozenset({http_watch.WATCH_PATH})
+"""Routes whose answer is a stream that lasts as long as its client listens (a watch).
+Its duration says how long someone watched, not how fast the node answered, so these
+stay out of the latency histogram and the per-second series (``quorumkv_watchers``
+counts the open ones); a refused one still counts in ``quorumkv_errors_total``."""
+
+
+def _route_label(request: web.Request) -> str | None:
+    # The route's template, never the raw path: keys in paths would make a series each.
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else None
+
+
+@web.middleware
+async def _observe(request: web.Request,
+                   handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                   ) -> web.StreamResponse:
+    """Time every request (but streams) into the node's metrics; innermost, so it sees
+    the error a handler raised before ``_errors_as_json`` turns it into a response."""
+    route = _route_label(request)
+    started = time.perf_counter()
+    error: str | None = None
+    try:
+        return await handler(request)
+    except ConnectionResetError:
+        raise  # the client went away: nobody is answered, with an error or otherwise
+    except QuorumKVError as e:
+        error = e.code
+        raise
+    except web.HTTPException as e:
+        if e.status >= 400:  # the code _errors_as_json answers it with
+            error = MessageTooLarge.code if e.status == 413 else InvalidArgument.code
+        raise
+    except Exception:
+        error = QuorumKVError.code
+        raise
+    finally:
+        metrics = request.app[NODE_KEY].metrics
+        if route in STREAMING_ROUTES:
+            if error is not None:
+                metrics.count_error("http", error)
+        else:
+            kind = ("read" if route in KV_READ_PATHS
+                    else "write" if route in KV_WRITE_PATHS else None)
+            metrics.observe_http_request(route or "unmatched", request.method,
+                                         time.perf_counter() - started, error, kind)
 
 
 async def _health(request: web.Request) -> web.Response:
@@ -145,15 +210,28 @@ def _core_routes(_node: Node) -> RouteTable:
 
 def route_sources() -> list[RouteSource]:
     """Every module's route table, in the order they are matched."""
-    return [_core_routes]
+    return [_core_routes, http_kv.routes, http_lease.routes, http_watch.routes,
+            http_cluster.routes, openapi.routes, http_dashboard.routes, http_observe.routes]
 
 
 def build_app(node: Node, *, max_body: int) -> web.Application:
-    app = web.Application(middlewares=[_errors_as_json], client_max_size=max_body)
+    app = web.Application(middlewares=[_errors_as_json, _observe], client_max_size=max_body)
     app[NODE_KEY] = node
     for source in route_sources():
         app.add_routes(source(node))
+    app.on_shutdown.append(_end_watches)
+    app.on_cleanup.append(_close_forwarding)
     return app
+
+
+async def _end_watches(app: web.Application) -> None:
+    """Watch streams never end by themselves: end them, or shutting down waits for them."""
+    await http_watch.end_streams(app[NODE_KEY])
+
+
+async def _close_forwarding(app: web.Application) -> None:
+    """The connections to the leader that forwarded requests used (http_forward.py)."""
+    await close_forwarder(app[NODE_KEY])
 
 
 class HttpServer:

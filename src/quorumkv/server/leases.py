@@ -24,8 +24,9 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from quorumkv.errors import LeaseNotFound, QuorumKVError, Timeout
-from quorumkv.kv import encode_command
+from quorumkv.kv import Applied, encode_command
 from quorumkv.kv.commands import LeaseRevoke
+from quorumkv.server.events import LEASE_EXPIRED
 
 if TYPE_CHECKING:
     from quorumkv.server.node import Node
@@ -171,8 +172,10 @@ class LeaseManager:
             data = encode_command(LeaseRevoke(id=lease_id, timestamp=time.time_ns()))
             outcome = await asyncio.wait_for(group.propose(data),
                                              self.node.config.request_timeout_s)
-            log.info("lease %d expired and was revoked (%s)", lease_id,
-                     getattr(outcome, "result", outcome))
+            keys = len(outcome.events) if isinstance(outcome, Applied) else None
+            self.node.events.record(
+                LEASE_EXPIRED, f"lease {lease_id} expired and was revoked",
+                level=logging.DEBUG, lease=lease_id, keys_deleted=keys)
             self._deadlines.pop(lease_id, None)
             self._ttls.pop(lease_id, None)
         except LeaseNotFound:

@@ -41,6 +41,7 @@ from typing import Any
 from quorumkv.client import protocol
 from quorumkv.client.coordination_wire import WatchRequest
 from quorumkv.client.protocol import MemberListRequest, StatusRequest
+from quorumkv.client.snapshot import offer_to_wire
 from quorumkv.cluster.failure_detector import DetectorConfig, FailureDetector, Health
 from quorumkv.errors import (
     InconsistentData,
@@ -50,6 +51,7 @@ from quorumkv.errors import (
     QuorumNotReached,
     ReplicaReadFailed,
     ReplicaWriteFailed,
+    ResourceExhausted,
     StorageError,
     Timeout,
 )
@@ -59,6 +61,9 @@ from quorumkv.raft.config import RaftConfig
 from quorumkv.raft.entries import ConfState
 from quorumkv.raft.messages import InstallSnapshot, Message
 from quorumkv.raft.node import RaftNode
+from quorumkv.server import events as ev
+from quorumkv.server.backup import MAX_CONCURRENT as MAX_CONCURRENT_BACKUPS
+from quorumkv.server.backup import BackupSource, discard_backup_copies, prepare_backup
 from quorumkv.server.client_api import ClientServer
 from quorumkv.server.config import NodeConfig, node_id_for, parse_address
 from quorumkv.server.data_dir import DataDir
@@ -67,6 +72,7 @@ from quorumkv.server.join import join_cluster
 from quorumkv.server.leases import LeaseManager
 from quorumkv.server.member_status import member_statuses
 from quorumkv.server.membership import Membership
+from quorumkv.server.metrics import NodeMetrics
 from quorumkv.server.raft_group import RaftGroup
 from quorumkv.server.replicas import ReplicaClients
 from quorumkv.server.state_machine_io import restore_snapshot
@@ -127,6 +133,13 @@ class Node:
         self.wal: WriteAheadLog | None = None
         self.kv: KVStore | None = None
         self.replicas = ReplicaClients(max_frame=config.max_request_bytes)
+        self._backups = 0
+        """Backups being prepared or sent (server/backup.py)."""
+        self.events = ev.EventFeed()
+        """What happened to this node (elections, membership, snapshots, peers' health)."""
+        self.metrics = NodeMetrics(self)
+        self._verdicts: dict[int, str] = {}
+        """Each peer's last failure-detector verdict: events are its changes."""
 
     # -- lifecycle -------------------------------------------------------------------
 
@@ -139,6 +152,7 @@ class Node:
         joined = "join_peers" in info
         for d in (self.data.wal, self.data.snap, self.data.kv, self.data.scratch):
             d.mkdir(parents=True, exist_ok=True)
+        discard_backup_copies(self.data.scratch)
         wal = WriteAheadLog.open(self.data.wal)
         snapshots = SnapshotStore(self.data.snap)
         kv = KVStore.open(self.data.kv)
@@ -195,8 +209,12 @@ class Node:
                 # Records from the first logs carry no client address; the flags may.
                 recorded = replace(recorded, client_address=old.client_address)  # noqa: PLW2901
             registry[node_id] = recorded
+        old_registry, old_conf = self.registry, self.conf
         self.registry = registry
         self.conf = conf
+        # The configuration a node starts from (or bootstraps) is no change to report.
+        if old_conf.members() and conf != old_conf:
+            self._record_membership(old_conf, conf, old_registry)
         now = asyncio.get_running_loop().time()
         for node_id in conf.members():
             self._known_since.setdefault(node_id, now)
@@ -225,10 +243,52 @@ class Node:
             self._on_removed()
         self._was_member = is_member
 
+    def _record_membership(self, old: ConfState, new: ConfState,
+                           old_registry: dict[int, MemberRecord]) -> None:
+        def name(node_id: int) -> str:
+            rec = self.registry.get(node_id) or old_registry.get(node_id)
+            return rec.name if rec is not None else str(node_id)
+
+        for member in sorted(new.voters - old.voters):
+            if member in old.learners:
+                self.events.record(ev.MEMBER_PROMOTED, f"{name(member)} promoted to voter",
+                                   member=name(member), voters=len(new.voters))
+            else:
+                self.events.record(ev.MEMBER_ADDED, f"{name(member)} added as a voter",
+                                   member=name(member), role="voter", voters=len(new.voters))
+        for member in sorted(new.learners - old.learners):
+            self.events.record(ev.MEMBER_ADDED, f"{name(member)} added as a learner",
+                               member=name(member), role="learner", voters=len(new.voters))
+        for member in sorted(old.members() - new.members()):
+            self.events.record(ev.MEMBER_REMOVED, f"{name(member)} removed from the cluster",
+                               member=name(member), voters=len(new.voters))
+
+    def _check_peer_health(self) -> None:
+        """Record each change of a peer's failure-detector verdict."""
+        loop_now = asyncio.get_running_loop().time()
+        for peer in sorted(self.conf.members()):
+            if peer == self.node_id:
+                continue
+            verdict = self.peer_health(peer)
+            if verdict == "inactive" and self.detector.last_seen(peer, loop_now) is None:
+                continue  # not heard from yet, still in its grace period: no verdict
+            old = self._verdicts.get(peer)
+            self._verdicts[peer] = verdict
+            if old is None or old == verdict:
+                continue
+            phi = self.detector.phi(peer, loop_now)
+            self.events.record(
+                ev.PEER_HEALTH, f"peer {self.name_of(peer)} is {verdict} (was {old})",
+                level=logging.INFO if verdict == "active" else logging.WARNING,
+                peer=self.name_of(peer), state=verdict, previous_state=old,
+                phi=None if phi is None else round(phi, 3))
+
     def _forget_peer(self, node_id: int) -> None:
         if node_id not in self.conf.members() and self.transport is not None:
             self.transport.remove_peer(node_id)
             self.detector.forget(node_id)
+            self.metrics.forget_peer(node_id)
+            self._verdicts.pop(node_id, None)
             self._known_since.pop(node_id, None)
 
     def _on_removed(self) -> None:
@@ -263,20 +323,29 @@ class Node:
         self.group.on_membership_change = self._refresh_members
         self.group.on_events = self.watches.on_applied
         self.group.on_snapshot_installed = self.watches.restart_all
+        self.group.events, self.group.metrics = self.events, self.metrics
+        self.group.name_of = self.name_of
         await self.transport.start()
         self.client_server = ClientServer(self, host=cfg.client_host, port=cfg.client_port,
                                           max_frame=cfg.max_request_bytes, limits=self.limits,
                                           max_connections=cfg.max_client_connections,
-                                          frame_timeout=cfg.client_frame_timeout_s)
+                                          frame_timeout=cfg.client_frame_timeout_s,
+                                          observe=self.metrics.observe_client_request)
         await self.client_server.start()
         if cfg.http_port is not None:
             self.http_server = HttpServer(self, host=cfg.http_host, port=cfg.http_port,
                                           max_body=cfg.max_http_body_bytes)
             await self.http_server.start()
         self.started = True
-        log.info("node %s (id %d) serving clients on %s:%d, peers on %s:%d", cfg.name,
-                 self.node_id, cfg.client_host, self.client_server.port, cfg.peer_host,
-                 self.transport.port)
+        client = f"{cfg.client_host}:{self.client_server.port}"
+        peer = f"{cfg.peer_host}:{self.transport.port}"
+        http = (f"{cfg.http_host}:{self.http_server.port}" if self.http_server is not None
+                else None)
+        self.events.record(ev.NODE_STARTED, f"node {cfg.name} (id {self.node_id}) serving "
+                           f"clients on {client}, peers on {peer}", name=cfg.name,
+                           # As text: 64-bit ids lose digits as JSON numbers in a browser.
+                           id=str(self.node_id), cluster_id=str(self.cluster_id),
+                           client_address=client, peer_address=peer, http_address=http)
         if self.http_server is not None:
             log.info("HTTP API, metrics and dashboard on http://%s:%d/", cfg.http_host,
                      self.http_server.port)
@@ -375,10 +444,16 @@ class Node:
             await asyncio.sleep(interval / 2)
             if self.transport is not None:
                 self.transport.ping_idle(interval)
+            try:
+                self._check_peer_health()
+            except Exception:
+                # Reporting must never stop the pings the peers' detectors live on.
+                log.exception("checking the peers' health failed")
 
     async def _shutdown(self, group_task: asyncio.Task[None], *,
                         grace: float | None = None) -> None:
-        log.info("shutting down: finishing in-flight requests")
+        self.events.record(ev.NODE_STOPPING, f"node {self.config.name} shutting down: "
+                           "finishing in-flight requests", name=self.config.name)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -599,7 +674,7 @@ class Node:
             return out
         leader = st.leader
         if leader == self.node_id:
-            out["leader_view"] = {"name": self.config.name, "members": members}
+            out["leader_view"] = {"name": self.config.name, "members": members, "node": node}
         elif not leader:
             out["leader_view_error"] = "no leader is known"
         else:
@@ -612,7 +687,8 @@ class Node:
             if isinstance(answer, QuorumKVError):
                 out["leader_view_error"] = f"{name}: {answer.message}"
             else:
-                out["leader_view"] = {"name": name, "members": answer.get("members")}
+                out["leader_view"] = {"name": name, "members": answer.get("members"),
+                                      "node": answer.get("node")}
         return out
 
     async def digest(self) -> dict[str, Any]:
@@ -626,6 +702,47 @@ class Node:
                           "once writes have stopped")
         return {"digest": digest, "applied_index": applied, "revision": revision,
                 "header": self.header()}
+
+    async def snapshot(self) -> tuple[dict[str, Any], BackupSource]:
+        """A backup of this node's store (server/backup.py): the stream's first answer,
+        and the copy to send after it."""
+        if self._backups >= MAX_CONCURRENT_BACKUPS:
+            raise ResourceExhausted(
+                f"this node is already preparing or sending {self._backups} backups, its "
+                f"limit (each is a copy of its store on disk); retry once one is done",
+                limit=MAX_CONCURRENT_BACKUPS)
+        self._backups += 1
+        try:
+            source = await self._take_backup()
+        except BaseException:
+            self._backups -= 1
+            raise
+        source.on_close = self._backup_closed
+        return offer_to_wire(source.header, self.header()), source
+
+    def _backup_closed(self) -> None:
+        self._backups -= 1
+
+    async def _take_backup(self) -> BackupSource:
+        assert self.group is not None and self.kv is not None
+        timeout = self.config.request_timeout_s
+        # A read index first, as for a quorum read: the copy then holds every write
+        # acknowledged before the backup was asked for, whichever member takes it.
+        try:
+            index = await asyncio.wait_for(self.group.read_index(), timeout)
+            await asyncio.wait_for(self.group.wait_applied(index), timeout)
+        except TimeoutError:
+            raise QuorumNotReached("a majority did not confirm the read index in time; "
+                                   "no backup was taken") from None
+        copying = asyncio.ensure_future(asyncio.to_thread(
+            prepare_backup, self.kv, self.data.scratch, cluster_id=self.cluster_id,
+            member=self.config.name))
+        try:
+            return await asyncio.shield(copying)
+        except asyncio.CancelledError:
+            # The thread copies on regardless: whatever it makes must not stay on disk.
+            copying.add_done_callback(_discard_backup)
+            raise
 
     # -- coordination: watches and leases ----------------------------------------------
 
@@ -649,6 +766,11 @@ class Node:
     def hello(self) -> dict[str, Any]:
         return {"name": self.config.name, "id": self.node_id,
                 "cluster_id": self.cluster_id, "protocol": 1}
+
+
+def _discard_backup(copying: asyncio.Future[BackupSource]) -> None:
+    if not copying.cancelled() and copying.exception() is None:
+        copying.result().close_sync()
 
 
 def removed_by(name: str, answer: dict[str, Any], *, node_id: int, cluster_id: int) -> bool:
@@ -693,8 +815,10 @@ async def serve_until_stopped(config: NodeConfig) -> None:
         except StorageError as e:
             if not _disk_failure(node, e):
                 raise
-            log.error("the disk failed (%s); not serving; trying again in %gs", e.message,
-                      config.storage_retry_s)
+            node.events.record(ev.DISK_FAILED, f"the disk failed ({e.message}); not serving; "
+                               f"trying again in {config.storage_retry_s:g}s",
+                               level=logging.ERROR, error=e.code,
+                               retry_s=config.storage_retry_s)
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, stop.set)

@@ -37,10 +37,13 @@ from quorumkv.errors import (
 from quorumkv.kv import Applied, Event, KVStore
 from quorumkv.kv.members import MembershipChange
 from quorumkv.raft.config import RaftConfig
-from quorumkv.raft.entries import ConfChange, SnapshotMeta
-from quorumkv.raft.messages import InstallSnapshot, Message
+from quorumkv.raft.entries import NONE, ConfChange, SnapshotMeta
+from quorumkv.raft.messages import Heartbeat, HeartbeatResponse, InstallSnapshot, Message
 from quorumkv.raft.node import RaftNode
 from quorumkv.raft.ready import ReadState, Ready, Role
+from quorumkv.server import events as ev
+from quorumkv.server.events import EventFeed
+from quorumkv.server.metrics import NodeMetrics
 from quorumkv.server.state_machine_io import payloads, restore_snapshot
 from quorumkv.storage import SnapshotStore, WriteAheadLog
 
@@ -136,10 +139,27 @@ class RaftGroup:
         """Called with the events of each applied batch and the store's revision after it."""
         self.on_snapshot_installed: Callable[[], None] | None = None
         """The store jumped to a snapshot's state: no events exist for what it skipped."""
+        self.events = EventFeed()
+        """Where elections, snapshots and transfers are recorded (the node's feed)."""
+        self.metrics = NodeMetrics()
+        """Where disk, apply, proposal and round-trip timings go (the node's metrics)."""
+        self.name_of: Callable[[int], str] = str
+        """A member's name for events, by id."""
+        self._seen = (self.raft.role, self.raft.term, self.raft.leader)
+        """Role, term and leader when last looked at: events are their changes."""
+        self._heartbeat_sent: dict[int, float] = {}
+        """When the oldest heartbeat still unanswered went to each peer (monotonic)."""
+        self._heartbeat_stale = max(1.0, raft_config.election_tick * tick_seconds)
 
     # -- input from other tasks ------------------------------------------------------
 
     def deliver(self, m: Message) -> None:
+        if isinstance(m, HeartbeatResponse):
+            sent = self._heartbeat_sent.pop(m.src, None)
+            if sent is not None:
+                # Timed on arrival, not when the group task gets to it: a busy round
+                # would otherwise count as network time.
+                self.metrics.observe_round_trip(m.src, time.monotonic() - sent)
         self._inbox.append(m)
         self._wakeup.set()
 
@@ -242,11 +262,13 @@ class RaftGroup:
                 self.raft.tick()
                 next_tick += self.tick_seconds
             self._step_inputs()
+            self._observe_state()
             while self.raft.has_ready():
                 rd = self.raft.ready()
                 await self._handle(rd)
                 self.raft.advance(rd)
                 self._after_advance()
+                self._observe_state()
 
     def transfer_leadership(self, to: int) -> None:
         """Ask the core to hand leadership to ``to`` (errors are logged, not raised)."""
@@ -255,6 +277,10 @@ class RaftGroup:
                 self.raft.transfer_leadership(to)
             except QuorumKVError as e:
                 log.info("leadership transfer to %d not started: %s", to, e.message)
+                return
+            self.events.record(ev.LEADERSHIP_TRANSFER,
+                               f"handing leadership to {self.name_of(to)} (term "
+                               f"{self.raft.term})", to=self.name_of(to), term=self.raft.term)
         self.call_soon(transfer)
 
     def stop(self) -> None:
@@ -295,6 +321,7 @@ class RaftGroup:
     def _fail(self, fut: asyncio.Future[Applied | QuorumKVError],
               durable: asyncio.Future[int] | None, err: QuorumKVError) -> None:
         if not fut.done():
+            self.metrics.proposals_failed.inc()
             fut.set_result(err)
         if durable is not None and not durable.done():
             durable.set_exception(err)
@@ -305,7 +332,10 @@ class RaftGroup:
         for m in rd.messages:
             self._send(m)
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
-            await asyncio.to_thread(self._persist, rd)
+            appending, syncing = await asyncio.to_thread(self._persist, rd)
+            self.metrics.wal_append.observe(appending)
+            if syncing is not None:
+                self.metrics.wal_fsync.observe(syncing)
         for w_index in [e.index for e in rd.entries]:
             w = self._waiters.get(w_index)
             if w is not None and w.durable_future is not None and not w.durable_future.done():
@@ -324,19 +354,33 @@ class RaftGroup:
                 fut.set_exception(NotLeader("no leader could confirm the read",
                                             leader=self.raft.leader or None))
 
-    def _persist(self, rd: Ready) -> None:
+    def _persist(self, rd: Ready) -> tuple[float, float | None]:
+        """Returns the seconds spent appending and syncing (None: no sync was needed)."""
+        started = time.perf_counter()
         if rd.snapshot is not None:
             self.wal.save_snapshot_marker(rd.snapshot)
         if rd.entries:
             self.wal.append(rd.entries)
         if rd.hard_state is not None:
             self.wal.save_hard_state(rd.hard_state)
+        appended = time.perf_counter()
         if rd.must_sync or rd.snapshot is not None:
             self.wal.sync()
+            return appended - started, time.perf_counter() - appended
+        return appended - started, None
 
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:
-        await asyncio.to_thread(self._restore, meta)
+        started = time.monotonic()
+        size = await asyncio.to_thread(self._restore, meta)
         self._latest_snapshot = meta
+        self.metrics.snapshot_installed(size)
+        leader = self.raft.leader
+        source = self.name_of(leader) if leader != NONE else None
+        self.events.record(ev.SNAPSHOT_INSTALLED,
+                           f"installed a snapshot at index {meta.index} (term {meta.term}, "
+                           f"{size} bytes) from {source or 'the leader'}",
+                           index=meta.index, term=meta.term, size_bytes=size, leader=source,
+                           duration_s=round(time.monotonic() - started, 6))
         for index in [i for i in self._waiters if i <= meta.index]:
             w = self._waiters.pop(index)
             self._fail(w.future, w.durable_future,
@@ -359,7 +403,9 @@ class RaftGroup:
 
     async def _apply(self, rd: Ready) -> None:
         batch = payloads(rd.committed_entries, self.kv.conf_state)
+        started = time.perf_counter()
         outcomes = await asyncio.to_thread(self.kv.apply_batch, batch)
+        self.metrics.apply_duration.observe(time.perf_counter() - started)
         if self.on_events is not None:
             events = [e for o in outcomes if isinstance(o, Applied) for e in o.events]
             try:
@@ -375,8 +421,10 @@ class RaftGroup:
                     "the proposal was overwritten by a new leader; it was not applied"))
             elif isinstance(outcome, QuorumKVError):
                 if not w.future.done():
+                    self.metrics.proposals_committed.inc()
                     w.future.set_result(outcome)
             elif isinstance(outcome, Applied) and not w.future.done():
+                self.metrics.proposals_committed.inc()
                 w.future.set_result(outcome)
         self._applied_event.set()
         if any(isinstance(p, MembershipChange) for _, _, p in batch):
@@ -392,6 +440,54 @@ class RaftGroup:
         if (self._snapshot_task is None
                 and raft.log.applied - raft.log.snapshot.index >= self.snapshot_threshold):
             self._snapshot_task = asyncio.get_running_loop().create_task(self._take_snapshot())
+
+    def _observe_state(self) -> None:
+        """Record what changed in the core's role, term and leader since the last look.
+
+        Derived here, from the outside, because the core keeps no clock and logs
+        nothing; several changes within one round (a lone voter's pre-vote, election
+        and win) show as one, which is all an operator needs.
+        """
+        raft = self.raft
+        now = (raft.role, raft.term, raft.leader)
+        if now == self._seen:
+            return
+        (old_role, old_term, old_leader), self._seen = self._seen, now
+        role, term, leader = now
+        name = self.name_of
+        if leader not in (NONE, old_leader):
+            self.metrics.leader_changes.inc()
+        record = self.events.record
+        if old_leader not in (NONE, self.node_id) and leader == NONE:
+            record(ev.LEADER_LOST, f"lost leader {name(old_leader)} (of term {old_term})",
+                   level=logging.WARNING, previous_leader=name(old_leader), term=term,
+                   previous_term=old_term)
+        leader_name = name(leader) if leader != NONE else None
+        if role is not old_role:
+            if role is Role.LEADER:
+                record(ev.BECAME_LEADER, f"became the leader (term {term})", term=term,
+                       previous_term=old_term)
+            elif role is Role.CANDIDATE:
+                record(ev.ELECTION_STARTED, f"started an election (term {term})", term=term,
+                       previous_term=old_term)
+            elif role is Role.PRE_CANDIDATE:
+                record(ev.PRE_VOTE_STARTED, f"started a pre-vote for term {term + 1}",
+                       term=term, previous_term=old_term)
+            else:
+                record(ev.BECAME_FOLLOWER, f"became a follower (term {term}) of "
+                       f"{leader_name or 'no leader yet'}", term=term, previous_term=old_term,
+                       leader=leader_name, previous_role=old_role.value)
+        elif leader not in (NONE, old_leader):
+            record(ev.LEADER_CHANGED, f"following leader {leader_name} (term {term})",
+                   term=term, previous_term=old_term, leader=leader_name,
+                   previous_leader=name(old_leader) if old_leader != NONE else None)
+        elif term != old_term:
+            record(ev.TERM_CHANGED, f"term changed from {old_term} to {term}", term=term,
+                   previous_term=old_term)
+
+    def pending_proposals(self) -> int:
+        """Proposals made here and not resolved yet (queued or in the log)."""
+        return len(self._proposals) + len(self._conf_proposals) + len(self._waiters)
 
     def _on_soft_state(self, role: Role, leader: int) -> None:
         # A deposed leader's pending proposals may still commit under the new
@@ -409,20 +505,42 @@ class RaftGroup:
             if latest != m.snapshot:
                 m = replace(m, snapshot=latest)
             dst = m.dst
+            index = m.snapshot.index
 
             def done(ok: bool) -> None:
+                # Reported first: the leader sends this follower nothing else until then.
                 self.call_soon(lambda: self.raft.report_snapshot(dst, success=ok))
+                self.metrics.snapshots_sent.labels("ok" if ok else "failed").inc()
+                peer = self.name_of(dst)
+                if ok:
+                    self.events.record(ev.SNAPSHOT_SENT, f"sent the snapshot at index {index} "
+                                       f"to {peer}", peer=peer, index=index)
+                else:
+                    self.events.record(ev.SNAPSHOT_SEND_FAILED, f"sending the snapshot at "
+                                       f"index {index} to {peer} failed (will retry)",
+                                       level=logging.WARNING, peer=peer, index=index)
 
             self.transport.send_snapshot(m, done)
             return
+        if isinstance(m, Heartbeat):
+            now = time.monotonic()
+            sent = self._heartbeat_sent.get(m.dst)
+            # Keep the oldest unanswered one, unless an answer was lost (a dead peer, a
+            # dropped queue): then its time would turn into a false giant round trip.
+            if sent is None or now - sent > self._heartbeat_stale:
+                self._heartbeat_sent[m.dst] = now
         self.transport.send(m)
 
     # -- snapshots ----------------------------------------------------------------------
 
     async def _take_snapshot(self) -> None:
         try:
+            started = time.monotonic()
             meta = await asyncio.to_thread(self._write_snapshot)
+            seconds = time.monotonic() - started
+            size = await asyncio.to_thread(self._snapshot_size, meta)
             self._latest_snapshot = meta
+            self.metrics.snapshot_saved(size, seconds)
             done = asyncio.get_running_loop().create_future()
 
             def compact() -> None:
@@ -435,15 +553,27 @@ class RaftGroup:
             self.call_soon(compact)
             await done
             await asyncio.to_thread(self._release_log, meta)
-            log.info("snapshot at index %d (term %d) saved; log compacted", meta.index, meta.term)
+            self.events.record(ev.SNAPSHOT_CREATED,
+                               f"snapshot at index {meta.index} (term {meta.term}) saved, "
+                               f"{size} bytes in {seconds:.3f}s; log compacted",
+                               index=meta.index, term=meta.term, size_bytes=size,
+                               duration_s=round(seconds, 6))
         except Exception:
             log.exception("taking a snapshot failed; will retry later")
         finally:
             self._snapshot_task = None
 
-    def _restore(self, meta: SnapshotMeta) -> None:
+    def _restore(self, meta: SnapshotMeta) -> int:
+        """Returns the snapshot file's size."""
         restored = restore_snapshot(self.kv, self.snapshots, meta, self.scratch_dir)
         assert restored.index == meta.index, (restored, meta)
+        return self._snapshot_size(meta)
+
+    def _snapshot_size(self, meta: SnapshotMeta) -> int:
+        try:
+            return self.snapshots.path_for(meta).stat().st_size
+        except OSError:
+            return 0  # pruned meanwhile: the size is only reported
 
     def _write_snapshot(self) -> SnapshotMeta:
         started = time.monotonic()
