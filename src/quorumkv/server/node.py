@@ -547,12 +547,13 @@ class Node:
         data = encode_command(_stamp(cmd, time.time_ns()), client_id=client_id, seq=seq)
         timeout = self.config.request_timeout_s
         try:
-            if consistency == "one":
-                index = await asyncio.wait_for(self.group.propose(data, durable_only=True),
-                                               timeout)
-                assert isinstance(index, int)
-                return protocol.durable_result(index, self.header())
-            outcome = await asyncio.wait_for(self.group.propose(data), timeout)
+            # asyncio.timeout rather than wait_for: no extra task per request.
+            async with asyncio.timeout(timeout):
+                if consistency == "one":
+                    index = await self.group.propose(data, durable_only=True)
+                    assert isinstance(index, int)
+                    return protocol.durable_result(index, self.header())
+                outcome = await self.group.propose(data)
         except TimeoutError:
             raise QuorumNotReached(
                 "the write was proposed but a majority did not confirm it in time: its "
@@ -572,19 +573,24 @@ class Node:
         if consistency == "all":
             return await self._read_all(req)
         try:
-            if min_index:
-                await asyncio.wait_for(self.group.wait_applied(min_index), timeout)
-            if consistency == "quorum":
-                index = await asyncio.wait_for(self.group.read_index(), timeout)
-                await asyncio.wait_for(self.group.wait_applied(index), timeout)
-            elif consistency == "session":
-                await asyncio.wait_for(self._wait_revision(min_revision), timeout)
+            async with asyncio.timeout(timeout):
+                if min_index:
+                    await self.group.wait_applied(min_index)
+                if consistency == "quorum":
+                    await self.group.wait_applied(await self.group.read_index())
+                elif consistency == "session":
+                    await self._wait_revision(min_revision)
         except TimeoutError:
             if consistency == "quorum":
                 raise QuorumNotReached("a majority did not confirm the read index in time"
                                        ) from None
             raise Timeout(f"a {consistency} read could not be served in time") from None
-        result = await asyncio.to_thread(self.kv.range, req)
+        if req.range_end is None:
+            # One key from the mmap'd B+tree takes microseconds: a thread hop would cost
+            # more than the read. (A range counts every key in it, whatever its limit.)
+            result = self.kv.range(req)
+        else:
+            result = await asyncio.to_thread(self.kv.range, req)
         return protocol.range_result(result, self.header())
 
     def _other_voters(self) -> dict[str, str | None]:

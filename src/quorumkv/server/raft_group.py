@@ -122,7 +122,8 @@ class RaftGroup:
         self._conf_proposals: list[_ConfProposal] = []
         self._reads: list[_Read] = []
         self._waiters: dict[int, _Waiter] = {}
-        self._read_waiters: dict[bytes, asyncio.Future[int]] = {}
+        self._read_waiters: dict[bytes, list[asyncio.Future[int]]] = {}
+        """The reads each ReadIndex context stands for (one context per batch)."""
         self._ready_reads: list[tuple[int, asyncio.Future[int]]] = []
         self._calls: list[Callable[[], None]] = []
         self._applied_event = asyncio.Event()
@@ -240,7 +241,8 @@ class RaftGroup:
         for c in self._conf_proposals:
             self._fail(c.future, None, err)
         self._conf_proposals.clear()
-        reads = [r.future for r in self._reads] + list(self._read_waiters.values())
+        reads = [r.future for r in self._reads]
+        reads += [f for batch in self._read_waiters.values() for f in batch]
         reads += [f for _, f in self._ready_reads]
         for fut in reads:
             if not fut.done():
@@ -314,9 +316,14 @@ class RaftGroup:
                 continue
             self._waiters[index] = _Waiter(term=term, future=c.future)
         reads, self._reads = self._reads, []
-        for r in reads:
-            self._read_waiters[r.context] = r.future
-            self.raft.read_index(r.context)
+        if reads:
+            # One ReadIndex round for every read that arrived since the last: each of
+            # them arrived before this read point is registered, which is all
+            # linearizability asks, and a busy leader sends one heartbeat round, not
+            # one per read.
+            context = reads[-1].context
+            self._read_waiters[context] = [r.future for r in reads]
+            self.raft.read_index(context)
 
     def _fail(self, fut: asyncio.Future[Applied | QuorumKVError],
               durable: asyncio.Future[int] | None, err: QuorumKVError) -> None:
@@ -349,10 +356,10 @@ class RaftGroup:
         for rs in rd.read_states:
             self._release_read(rs)
         for ctx in rd.dropped_reads:
-            fut = self._read_waiters.pop(ctx, None)
-            if fut is not None and not fut.done():
-                fut.set_exception(NotLeader("no leader could confirm the read",
-                                            leader=self.raft.leader or None))
+            for fut in self._read_waiters.pop(ctx, ()):
+                if not fut.done():
+                    fut.set_exception(NotLeader("no leader could confirm the read",
+                                                leader=self.raft.leader or None))
 
     def _persist(self, rd: Ready) -> tuple[float, float | None]:
         """Returns the seconds spent appending and syncing (None: no sync was needed)."""
@@ -431,9 +438,9 @@ class RaftGroup:
             self._membership_changed()
 
     def _release_read(self, rs: ReadState) -> None:
-        fut = self._read_waiters.pop(rs.context, None)
-        if fut is not None and not fut.done():
-            fut.set_result(rs.index)
+        for fut in self._read_waiters.pop(rs.context, ()):
+            if not fut.done():
+                fut.set_result(rs.index)
 
     def _after_advance(self) -> None:
         raft = self.raft
