@@ -1,7 +1,7 @@
 """The ``quorumkv`` command line.
 
 ``serve`` runs a node. The client commands (put, get, del, scan, txn,
-status, member list/add/remove/promote, leave, bench, snapshot) live in ``cli_*.py``
+status, member list/add/remove/promote, leave, bench, check perf, snapshot) live in ``cli_*.py``
 beside this file and talk to a running cluster; see ``cli_common.py`` for the
 options they share.
 """
@@ -15,6 +15,7 @@ from typing import Any
 import click
 
 from quorumkv.cli_bench import bench
+from quorumkv.cli_check import check
 from quorumkv.cli_cluster import leave, member, status
 from quorumkv.cli_common import ClientSettings, QuorumKVGroup, group_options, parse_endpoints
 from quorumkv.cli_coordination import lease, lock, watch
@@ -41,8 +42,8 @@ def main(ctx: click.Context, endpoints: str, timeout: float, json_output: bool) 
                              json=json_output)
 
 
-for _command in (put, get, delete, scan, txn, status, member, leave, bench, watch, lease, lock,
-                 snapshot):
+for _command in (put, get, delete, scan, txn, status, member, leave, bench, check, watch, lease,
+                 lock, snapshot):
     main.add_command(_command)
 
 

@@ -1,106 +1,97 @@
-"""The built-in load generator behind ``quorumkv bench``.
+"""The built-in load generator behind ``quorumkv bench`` (and ``quorumkv check perf``).
 
-A run has up to three phases:
+A run has up to four phases:
 
-1. *prefill* (``get`` only): every key of the key space is written once, in
-   batches (a txn without compares), so reads find values;
-2. *warm-up* (1 s by default): the workers already run, connections open and
-   the leader's caches fill, but nothing is counted;
-3. *measure*: for ``duration`` seconds, or until ``requests`` requests.
+1. *prefill* (workloads that read: get, mixed, txn, range): every key of
+   the key space is written once, in batches, so reads find values;
+2. *start*: the load processes open and check their connections (and the
+   watch workload its watches);
+3. *warm-up* (1 s by default): the workers already run, the leader's caches
+   fill, but nothing is counted;
+4. *measure*: for ``duration`` seconds, or until ``requests`` requests.
 
-``clients`` workers (asyncio tasks) each keep one request in flight. They
-share AsyncClients, one per ``WORKERS_PER_CONNECTION`` workers, because
-each AsyncClient pipelines all its requests on one connection: a handful
-of connections carry many concurrent requests, as a real application
-would, without a connection per request. In duration mode a request is
-counted if it started and finished inside the window, so neither edge
-of the window is biased. A failure that retrying cannot cure (a request
-error, an unbuilt consistency level) aborts the run rather than being
-counted thousands of times; any other error is counted, by code.
-
-The engine shows nothing; :meth:`BenchRun.progress` lets a front end draw.
+The workloads (bench_load.py): ``put``; ``get``; ``mixed`` (gets and puts,
+``read_ratio`` of them gets); ``txn`` (compare-and-swap: read a key's
+mod_revision, then put only if it is unchanged; a lost race is a conflict,
+counted apart from errors); ``range`` (a scan of ``range_limit`` keys from a
+chosen key); ``watch`` (``watchers`` watches on a prefix while the workers
+put values stamped with their send time; each delivery is timed from the
+stamp). Keys are drawn uniformly or from a Zipf law (keyspace.py); the
+loop is closed (``clients`` workers each with one request in flight) or
+open (``rate`` requests per second, latency corrected for coordinated
+omission; bench_engine.py); ``procs`` load processes share one window
+(bench_procs.py). The engine shows nothing: :meth:`BenchRun.progress` lets
+a front end draw.
 """
 
 from __future__ import annotations
 
-import asyncio
 import enum
-import math
-import random
 import secrets
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from quorumkv.client import AsyncClient, Put
-from quorumkv.errors import InvalidArgument, NotBuiltYet, QuorumKVError, RequestError
+from quorumkv.tools.bench_engine import Tally, merge_tallies
+from quorumkv.tools.bench_load import LoadProcess, prefill, run_value, shares
+from quorumkv.tools.bench_options import (
+    GET_LEVELS,
+    KEY_PREFIX,
+    PUT_LEVELS,
+    WORKERS_PER_CONNECTION,
+    WORKLOADS,
+    BenchOptions,
+)
+from quorumkv.tools.bench_procs import ProcessGroup
 from quorumkv.tools.latency import LatencySummary
 
-WORKERS_PER_CONNECTION = 8
-KEY_PREFIX = b"bench/"
-PREFILL_BATCH_OPS = 100
-"""Puts per prefill txn: below the server's limit of 128 ops per txn branch."""
-PREFILL_BATCH_BYTES = 512 << 10
-"""Bytes of values per prefill txn: well under the 4 MiB request limit."""
-PREFILL_PARALLEL = 8
-
-WORKLOADS = ("put", "get")
-PUT_LEVELS = ("one", "quorum", "all")
-GET_LEVELS = ("one", "session", "quorum", "all")
+__all__ = ["GET_LEVELS", "KEY_PREFIX", "PUT_LEVELS", "WORKERS_PER_CONNECTION", "WORKLOADS",
+           "BenchOptions", "BenchReport", "BenchRun", "OpSummary", "Phase"]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
-class BenchOptions:
-    endpoints: tuple[str, ...]
-    workload: str = "put"
-    clients: int = 16
-    duration: float | None = 10.0
-    """Seconds to measure; None when ``requests`` bounds the run instead."""
-    requests: int | None = None
-    key_size: int = 16
-    value_size: int = 128
-    keys: int = 1000
-    consistency: str = "quorum"
-    warmup: float = 1.0
-    timeout: float = 5.0
+class OpSummary:
+    ops: int
+    latency: LatencySummary
 
-    def __post_init__(self) -> None:
-        if self.workload not in WORKLOADS:
-            raise InvalidArgument(f"unknown workload {self.workload!r}: expected put or get")
-        levels = PUT_LEVELS if self.workload == "put" else GET_LEVELS
-        if self.consistency not in levels:
-            raise InvalidArgument(f"a {self.workload} takes consistency {', '.join(levels)}, "
-                                  f"not {self.consistency!r}")
-        if (self.duration is None) == (self.requests is None):
-            raise InvalidArgument("give either a duration or a number of requests")
-        if self.duration is not None and not self.duration > 0:
-            raise InvalidArgument("the duration must be positive")
-        if self.requests is not None and self.requests < 1:
-            raise InvalidArgument("the number of requests must be at least 1")
-        if self.clients < 1 or self.keys < 1 or self.value_size < 0 or self.warmup < 0:
-            raise InvalidArgument("clients and keys must be at least 1; sizes and warm-up "
-                                  "must not be negative")
-        need = len(KEY_PREFIX) + len(str(self.keys - 1))
-        if self.key_size < need:
-            raise InvalidArgument(f"a key size of {self.key_size} cannot hold {self.keys} "
-                                  f"distinct keys: it must be at least {need}")
-
-    @property
-    def connections(self) -> int:
-        return math.ceil(self.clients / WORKERS_PER_CONNECTION)
+    def to_json(self, elapsed_s: float) -> dict[str, Any]:
+        return {"ops": self.ops,
+                "ops_per_s": round(self.ops / elapsed_s, 1) if elapsed_s > 0 else 0.0,
+                "latency_ms": self.latency.to_json()}
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BenchReport:
     options: BenchOptions
     ops: int
-    """Requests that succeeded inside the measured window."""
+    """Requests that succeeded inside the measured window (watch: deliveries)."""
     errors: dict[str, int]
     """Failed requests inside the window, by error code."""
     elapsed_s: float
     latency: LatencySummary
+    seed: int = 0
+    connections: int = 0
+    conflicts: int = 0
+    """txn: answered compare-and-swaps whose compare failed (part of ``ops``)."""
+    backlog: int = 0
+    """Open loop: requests due inside the window that no worker was free to send."""
+    by_op: dict[str, OpSummary] = field(default_factory=dict)
+    writes: OpSummary | None = None
+    """watch: the puts the deliveries came from."""
+
+    @classmethod
+    def of(cls, options: BenchOptions, tally: Tally, seed: int) -> BenchReport:
+        writes = (OpSummary(ops=tally.writes.total,
+                            latency=LatencySummary.of_histogram(tally.writes))
+                  if options.workload == "watch" else None)
+        return cls(options=options, ops=tally.ops, errors=dict(tally.errors),
+                   elapsed_s=tally.elapsed_s,
+                   latency=LatencySummary.of_histogram(tally.overall()), seed=seed,
+                   connections=tally.connections, conflicts=tally.conflicts,
+                   backlog=tally.backlog,
+                   by_op={k: OpSummary(ops=h.total, latency=LatencySummary.of_histogram(h))
+                          for k, h in sorted(tally.by_kind.items())},
+                   writes=writes)
 
     @property
     def ops_per_s(self) -> float:
@@ -113,30 +104,31 @@ class BenchReport:
     def to_json(self) -> dict[str, Any]:
         o = self.options
         return {"workload": o.workload, "consistency": o.consistency, "clients": o.clients,
-                "connections": o.connections, "key_size": o.key_size,
-                "value_size": o.value_size, "keys": o.keys, "warmup_s": o.warmup,
+                "connections": self.connections or o.connections, "procs": o.procs,
+                "mode": "open" if o.open_loop else "closed", "rate": o.rate,
+                "key_size": o.key_size, "value_size": o.value_size, "keys": o.keys,
+                "key_dist": o.key_dist,
+                "zipf_s": o.zipf_s if o.key_dist == "zipfian" else None,
+                "seed": self.seed, "warmup_s": o.warmup,
+                "read_ratio": o.read_ratio if o.workload == "mixed" else None,
+                "range_limit": o.range_limit if o.workload == "range" else None,
+                "watchers": o.watchers if o.workload == "watch" else None,
                 "elapsed_s": round(self.elapsed_s, 3), "ops": self.ops,
                 "ops_per_s": round(self.ops_per_s, 1), "errors": self.error_count,
-                "errors_by_code": dict(self.errors), "latency_ms": self.latency.to_json()}
+                "errors_by_code": dict(self.errors), "conflicts": self.conflicts,
+                "backlog": self.backlog if o.open_loop else None,
+                "latency_ms": self.latency.to_json(),
+                "by_op": {k: s.to_json(self.elapsed_s) for k, s in self.by_op.items()},
+                "writes": (self.writes.to_json(self.elapsed_s) if self.writes is not None
+                           else None)}
 
 
 class Phase(enum.Enum):
     PREFILL = "prefill"
+    START = "start"
     WARMUP = "warm-up"
     MEASURE = "measure"
     DONE = "done"
-
-
-@dataclass(slots=True)
-class _Window:
-    """The measured window and what happened in it."""
-
-    start: float | None = None
-    end: float | None = None
-    slots_left: int | None = None
-    """Requests still to be started (requests mode)."""
-    latencies: list[float] = field(default_factory=list)
-    errors: Counter[str] = field(default_factory=Counter)
 
 
 class BenchRun:
@@ -144,138 +136,74 @@ class BenchRun:
 
     def __init__(self, options: BenchOptions) -> None:
         self.options = options
-        self.phase = Phase.PREFILL if options.workload == "get" else Phase.WARMUP
+        self.seed = options.seed if options.seed is not None else secrets.randbits(63)
         self.prefilled = 0
-        self._phase_started = time.perf_counter()
-        self._stopping = False
-        self._window = _Window(slots_left=options.requests)
-        # Any seed will do; the point is not to draw from the process-global Random.
-        self._rng = random.Random(secrets.randbits(64))
-        width = options.key_size - len(KEY_PREFIX)
-        self._keys = [KEY_PREFIX + str(i).zfill(width).encode() for i in range(options.keys)]
-        letters = b"abcdefghijklmnopqrstuvwxyz0123456789"
-        self._value = bytes(self._rng.choice(letters) for _ in range(options.value_size))
+        self._prefilling = False
+        self._go: float | None = None
+        """The shared start of the warm-up (perf_counter)."""
+        self._done = False
+        self._local: LoadProcess | None = None
+        self._group: ProcessGroup | None = None
 
-    def progress(self) -> tuple[Phase, float, float]:
-        """(phase, done, total): keys for prefill, seconds or requests otherwise."""
+    @property
+    def phase(self) -> Phase:
+        if self._done:
+            return Phase.DONE
+        if self._prefilling:
+            return Phase.PREFILL
+        if self._go is None:
+            return Phase.START
+        now = time.perf_counter()
+        return Phase.WARMUP if now < self._go + self.options.warmup else Phase.MEASURE
+
+    def progress(self) -> tuple[Phase, float, float | None]:
+        """(phase, done, total): keys for prefill, seconds or requests otherwise; no total
+        while the load processes start."""
         o = self.options
-        elapsed = time.perf_counter() - self._phase_started
-        if self.phase is Phase.PREFILL:
-            return self.phase, float(self.prefilled), float(o.keys)
-        if self.phase is Phase.WARMUP:
-            return self.phase, min(elapsed, o.warmup), o.warmup
+        phase = self.phase
+        if phase is Phase.PREFILL:
+            return phase, float(self.prefilled), float(o.keys)
+        if phase is Phase.START or self._go is None:
+            return phase, 0.0, None
+        elapsed = time.perf_counter() - self._go
+        if phase is Phase.WARMUP:
+            return phase, min(elapsed, o.warmup), o.warmup
         if o.requests is not None:
-            assert self._window.slots_left is not None
-            return self.phase, float(o.requests - self._window.slots_left), float(o.requests)
+            return phase, float(min(self.measured_ops, o.requests)), float(o.requests)
         assert o.duration is not None
-        return self.phase, min(elapsed, o.duration), o.duration
+        return phase, min(max(elapsed - o.warmup, 0.0), o.duration), o.duration
 
     @property
     def measured_ops(self) -> int:
-        return len(self._window.latencies)
+        if self._local is not None:
+            return self._local.measured_ops
+        if self._group is not None:
+            return self._group.measured_ops
+        return 0
 
     async def run(self) -> BenchReport:
         o = self.options
-        clients = [AsyncClient(o.endpoints, timeout=o.timeout) for _ in range(o.connections)]
-        try:
-            if o.workload == "get":
-                await self._prefill(clients)
-            self._enter(Phase.WARMUP)
-            async with asyncio.TaskGroup() as tg:
-                for i in range(o.clients):
-                    rng = random.Random(self._rng.getrandbits(64))
-                    tg.create_task(self._worker(clients[i // WORKERS_PER_CONNECTION], rng))
-                tg.create_task(self._control())
-            if self._window.end is None:
-                # Requests mode: the workers have returned, so the last request has finished.
-                self._window.end = time.perf_counter()
-        except ExceptionGroup as group:
-            # Show the one error that stopped the run, not the task group around it.
-            first = _first_quorumkv_error(group)
-            if first is None:
-                raise
-            raise first from None
-        finally:
-            for c in clients:
-                await c.close()
-        self._enter(Phase.DONE)
-        return self._report()
+        if o.prefilled:
+            self._prefilling = True
+            await prefill(o, run_value(o, self.seed), self._prefill_progress)
+            self._prefilling = False
+        parts = shares(o)
+        if o.procs == 1:
+            self._local = LoadProcess(o, parts[0], self.seed)
+            tallies = [await self._local.run(self._ready_now)]
+        else:
+            self._group = ProcessGroup(o, parts, self.seed)
+            tallies = await self._group.run(self._set_go)
+        self._done = True
+        return BenchReport.of(o, merge_tallies(tallies), self.seed)
 
-    def _enter(self, phase: Phase) -> None:
-        self.phase = phase
-        self._phase_started = time.perf_counter()
+    def _prefill_progress(self, n: int) -> None:
+        self.prefilled += n
 
-    async def _prefill(self, clients: list[AsyncClient]) -> None:
-        batches: list[list[Put]] = [[]]
-        size = 0
-        for key in self._keys:
-            if len(batches[-1]) >= PREFILL_BATCH_OPS or size >= PREFILL_BATCH_BYTES:
-                batches.append([])
-                size = 0
-            batches[-1].append(Put(key=key, value=self._value))
-            size += len(key) + len(self._value)
-        queue = iter(batches)
+    async def _ready_now(self) -> float:
+        self._set_go(time.perf_counter())
+        assert self._go is not None
+        return self._go
 
-        async def writer(client: AsyncClient) -> None:
-            for batch in queue:  # the shared iterator hands each batch to one writer
-                await client.txn([], batch)
-                self.prefilled += len(batch)
-
-        async with asyncio.TaskGroup() as tg:
-            for i in range(PREFILL_PARALLEL):
-                tg.create_task(writer(clients[i % len(clients)]))
-
-    async def _control(self) -> None:
-        await asyncio.sleep(self.options.warmup)
-        self._window.start = time.perf_counter()
-        self._enter(Phase.MEASURE)
-        if self.options.duration is not None:
-            await asyncio.sleep(self.options.duration)
-            self._window.end = time.perf_counter()
-            self._stopping = True
-
-    async def _worker(self, client: AsyncClient, rng: random.Random) -> None:
-        operation = self._operation(client)
-        w = self._window
-        while not self._stopping:
-            counted = w.start is not None
-            if w.slots_left is not None and counted:
-                if w.slots_left == 0:
-                    return
-                w.slots_left -= 1
-            key = self._keys[rng.randrange(len(self._keys))]
-            started = time.perf_counter()
-            try:
-                await operation(key)
-            except (RequestError, NotBuiltYet):
-                raise  # every request would fail the same way: stop the run
-            except QuorumKVError as err:
-                if counted and (w.end is None or time.perf_counter() <= w.end):
-                    w.errors[err.code] += 1
-                continue
-            finished = time.perf_counter()
-            if counted and (w.end is None or finished <= w.end):
-                w.latencies.append(finished - started)
-
-    def _operation(self, client: AsyncClient) -> Callable[[bytes], Awaitable[object]]:
-        level = self.options.consistency
-        if self.options.workload == "put":
-            return lambda key: client.put(key, self._value, consistency=level)
-        return lambda key: client.get(key, consistency=level)
-
-    def _report(self) -> BenchReport:
-        w = self._window
-        assert w.start is not None and w.end is not None
-        return BenchReport(options=self.options, ops=len(w.latencies), errors=dict(w.errors),
-                           elapsed_s=w.end - w.start, latency=LatencySummary.of(w.latencies))
-
-
-def _first_quorumkv_error(group: BaseExceptionGroup[Any]) -> QuorumKVError | None:
-    for exc in group.exceptions:
-        if isinstance(exc, QuorumKVError):
-            return exc
-        if isinstance(exc, BaseExceptionGroup):
-            found = _first_quorumkv_error(exc)
-            if found is not None:
-                return found
-    return None
+    def _set_go(self, go: float) -> None:
+        self._go = go

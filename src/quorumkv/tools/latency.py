@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from quorumkv.tools.histogram import Histogram
+
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
 
 
@@ -27,15 +29,25 @@ class LatencySummary:
     p999: float
     max: float
     mean: float
+    stddev: float = 0.0
 
     @classmethod
     def of(cls, seconds: Sequence[float]) -> LatencySummary:
         ms = sorted(s * 1000.0 for s in seconds)
         p50, p90, p99, p999 = (percentile(ms, p) for p in PERCENTILES)
+        mean = sum(ms) / len(ms) if ms else 0.0
+        stddev = math.sqrt(sum((x - mean) ** 2 for x in ms) / len(ms)) if ms else 0.0
         return cls(p50=p50, p90=p90, p99=p99, p999=p999, max=ms[-1] if ms else 0.0,
-                   mean=sum(ms) / len(ms) if ms else 0.0)
+                   mean=mean, stddev=stddev)
+
+    @classmethod
+    def of_histogram(cls, h: Histogram) -> LatencySummary:
+        """Percentiles within a bucket's width (0.8 %), rounded up; max, mean, stddev exact."""
+        p50, p90, p99, p999 = (h.percentile_ms(p) for p in PERCENTILES)
+        return cls(p50=p50, p90=p90, p99=p99, p999=p999, max=h.max_us / 1000.0,
+                   mean=h.mean_ms, stddev=h.stddev_ms)
 
     def to_json(self) -> dict[str, float]:
         return {"p50": round(self.p50, 3), "p90": round(self.p90, 3), "p99": round(self.p99, 3),
                 "p99.9": round(self.p999, 3), "max": round(self.max, 3),
-                "mean": round(self.mean, 3)}
+                "mean": round(self.mean, 3), "stddev": round(self.stddev, 3)}
