@@ -57,7 +57,7 @@ def _port_block() -> tuple[int, int]:
     return _PORT_FLOOR + index * size, _PORT_FLOOR + (index + 1) * size
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         # As the nodes bind: a port in TIME_WAIT is reusable, one in use is not.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -82,7 +82,7 @@ def free_ports(count: int) -> list[int]:
     for _ in range(high - low):
         port = _port_cursor
         _port_cursor = low + (_port_cursor + 1 - low) % (high - low)
-        if _bindable(port):
+        if bindable(port):
             out.append(port)
             if len(out) == count:
                 return out

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_harness import Cluster, free_ports, running_cluster
+from cluster_harness import Cluster, bindable, free_ports, running_cluster
 
 from quorumkv.client import CompareOp, CompareTarget, DeleteRange, Put, RangeRequest
 from quorumkv.errors import InvalidArgument
@@ -277,19 +277,9 @@ def _free_base_port() -> int:
     for _ in range(100):
         (base,) = free_ports(1)
         ports = [base + offset + i for offset in (0, 100, 200) for i in range(3)]
-        if max(ports) <= 65535 and all(_bindable(p) for p in ports):
+        if max(ports) <= 65535 and all(bindable(p) for p in ports):
             return base
     raise AssertionError("no free base port found")
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 class DevClusterProcess:
