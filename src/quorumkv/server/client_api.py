@@ -95,6 +95,8 @@ from quorumkv.transport.framing import FrameDecoder, FrameTooLarge, encode_frame
 log = logging.getLogger(__name__)
 
 _READ_CHUNK = 64 * 1024
+_WRITE_HIGH_WATER = 1 << 20
+"""Answers written at once wait for the client to read them beyond this much."""
 SNAPSHOT_CHUNK = 1 << 20
 """Bytes of a backup per frame (less if frames are smaller): few frames, little memory."""
 _FRAME_OVERHEAD = 256
@@ -146,6 +148,9 @@ class KVService(Protocol):
                     min_revision: int, min_index: int = 0) -> dict[str, Any]: ...
 
     async def wait_applied(self, index: int) -> dict[str, Any]: ...
+
+    def range_now(self, req: RangeRequest) -> dict[str, Any] | None:
+        """A ``one`` read answered at once, or None to take the usual path."""
 
     async def status(self, *, local: bool = False) -> dict[str, Any]: ...
 
@@ -404,8 +409,37 @@ class ClientServer:
                 return False
             await conn.send(encode_frame(encode_error_response(bad_id, err), self._max_frame))
             return True
+        # The commonest cheap request, a one read of one key: no task, no slot, no wait.
+        if (isinstance(req, ReadRequest) and req.consistency == "one" and not req.min_index
+                and req.range.range_end is None and self._answer_now(conn, request_id, req)):
+            if conn.writer.transport.get_write_buffer_size() > _WRITE_HIGH_WATER:
+                await conn.send(b"")  # an empty write, then the usual backpressure
+            return True
         await conn.slots.acquire()
         tasks.create_task(self._serve(conn, request_id, req))
+        return True
+
+    def _answer_now(self, conn: _Connection, request_id: int, req: ReadRequest) -> bool:
+        """Answer a ``one`` read of one key on the spot; False if the service wants the
+        usual path for it."""
+        started = time.perf_counter()
+        error: str | None = None
+        try:
+            self._check_key_sizes(req.range)
+            result = self._service.range_now(req.range)
+            if result is None:
+                return False
+            frame = encode_frame(encode_response(request_id, result), self._max_frame)
+        except QuorumKVError as err:
+            frame, error = self._error_frame(request_id, err), err.code
+        except Exception as err:
+            log.exception("client request %d (read) from %s failed", request_id, conn.peer)
+            frame = self._error_frame(
+                request_id, QuorumKVError(f"internal error: {type(err).__name__}"))
+            error = QuorumKVError.code
+        self._observed(req, time.perf_counter() - started, error)
+        if not conn.writer.is_closing():
+            conn.writer.write(frame)
         return True
 
     async def _serve(self, conn: _Connection, request_id: int, req: Request) -> None:

@@ -593,6 +593,13 @@ class Node:
             result = await asyncio.to_thread(self.kv.range, req)
         return protocol.range_result(result, self.header())
 
+    def range_now(self, req: RangeRequest) -> dict[str, Any] | None:
+        """A ``one`` read of a single key, answered without waiting for anything; None
+        when the request needs the full path (a range, or a store not open)."""
+        if req.range_end is not None or self.kv is None or self.group is None:
+            return None
+        return protocol.range_result(self.kv.range(req), self.header())
+
     def _other_voters(self) -> dict[str, str | None]:
         """Every other voter's name and client address (None if unknown)."""
         assert self.group is not None
