@@ -40,7 +40,7 @@ def _deliver(handler: StreamHandler, message: dict[str, Any] | QuorumKVError) ->
 
 
 class Connection:
-    __slots__ = ("_failure", "_max_frame", "_next_id", "_pending", "_reader", "_streams",
+    __slots__ = ("_failure", "_max_frame", "_next_id", "_out", "_pending", "_reader", "_streams",
                  "_task", "_writer", "endpoint")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
@@ -50,6 +50,8 @@ class Connection:
         self._writer = writer
         self._max_frame = max_frame
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._out: list[bytes] = []
+        """Request frames waiting for the end of this loop iteration (see _send)."""
         self._streams: dict[int, StreamHandler] = {}
         self._next_id = 1
         self._failure: str | None = None
@@ -106,8 +108,17 @@ class Connection:
         self._pending[request_id] = future
         # A caller that gives up (timeout, cancel) cancels its future; forget it then.
         future.add_done_callback(lambda _: self._pending.pop(request_id, None))
-        self._writer.write(frame)
+        # Requests made in one loop iteration leave in one socket write: workers woken
+        # by one burst of answers send their next requests together.
+        if not self._out:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._out.append(frame)
         return request_id, future
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if out and self._failure is None and not self._writer.is_closing():
+            self._writer.write(out[0] if len(out) == 1 else b"".join(out))
 
     async def drain(self) -> None:
         """Wait until the transport's buffer has room again (backpressure)."""
