@@ -10,7 +10,10 @@ TaskGroup holding the connection's reader task and one task per request in
 flight, so a client may pipeline many requests, and each answer is written
 as soon as it is ready (completion order, matched by id). A request task
 never raises: every failure becomes an error response, so one bad request
-cannot take its connection, or its neighbours, down.
+cannot take its connection, or its neighbours, down. The exception is the
+commonest cheap request, a ``one`` read of a single key: it cannot wait, so
+it is answered where its frame is decoded, and its answer leaves with the
+others produced in the same loop iteration in one socket write.
 
 Hostile input. A frame that is not msgpack, or whose request id cannot be
 recovered, closes the connection (nothing can be answered); a malformed
