@@ -19,12 +19,11 @@ from __future__ import annotations
 import contextlib
 import os
 import subprocess
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from cluster_harness import running_cluster
+from cluster_harness import Cluster, NodeProcess, running_cluster, wait_until
 
 from quorumkv.client import Client
 from quorumkv.errors import QuorumKVError
@@ -53,6 +52,33 @@ def fill(path: Path) -> Path:
     return filler
 
 
+def write_through_a_disk_failure(cluster: Cluster, failing: NodeProcess,
+                                 break_disk: Callable[[], object], writes: int,
+                                 size: int) -> list[str]:
+    """Write, break ``failing``'s disk, write on until it reports the failure; return
+    the acknowledged keys, after checking the other members hold every one of them."""
+    acked: list[str] = []
+    with Client(cluster.endpoints, timeout=10.0) as c:
+        for i in range(20):
+            c.put(f"before/{i}", "v")
+            acked.append(f"before/{i}")
+    break_disk()
+    with Client(cluster.endpoints, timeout=10.0) as c:
+        for i in range(writes):
+            with contextlib.suppress(QuorumKVError):  # unknown outcomes: not counted
+                c.put(f"after/{i}", "x" * size)
+                acked.append(f"after/{i}")
+    wait_until(lambda: "the disk failed" in failing.log_path.read_text(),
+               what=f"{failing.name} reporting the failed disk")
+    assert failing.running()  # waiting for its disk, not gone
+    # The others carried on; every acknowledged write is there.
+    with Client([n.client_address for n in cluster.nodes if n is not failing],
+                timeout=10.0) as c:
+        found = {kv.key.decode() for kv in c.scan_prefix("", keys_only=True).kvs}
+    assert set(acked) <= found, sorted(set(acked) - found)[:5]
+    return acked
+
+
 def test_a_member_whose_disk_fills_stops_serving_and_comes_back_with_nothing_lost(
         tmp_path: Path) -> None:
     with small_filesystem(tmp_path / "small", "96m") as small, \
@@ -61,30 +87,11 @@ def test_a_member_whose_disk_fills_stops_serving_and_comes_back_with_nothing_los
         n1 = cluster.node("n1")
         assert n1.proc is not None
         pid = n1.proc.pid
-        acked: list[str] = []
-        with Client(cluster.endpoints, timeout=10.0) as c:
-            for i in range(20):
-                c.put(f"before/{i}", "v")
-                acked.append(f"before/{i}")
-        filler = fill(small)
-        with Client(cluster.endpoints, timeout=10.0) as c:
-            for i in range(200):
-                with contextlib.suppress(QuorumKVError):  # unknown outcomes: not counted
-                    c.put(f"after/{i}", "x" * 4096)
-                    acked.append(f"after/{i}")
-        deadline = time.monotonic() + 60
-        while "the disk failed" not in n1.log_path.read_text():
-            assert time.monotonic() < deadline, "n1 never reported the failed disk"
-            time.sleep(0.1)
+        filler = small / "filler"
+        write_through_a_disk_failure(cluster, n1, lambda: fill(small), writes=200, size=4096)
         log = n1.log_path.read_text()
         assert "No space left on device" in log
         assert "Task was destroyed but it is pending" not in log  # a clean stop
-        assert n1.running()  # waiting for its disk, not gone
-        # The others carried on; every acknowledged write is there.
-        with Client([n.client_address for n in cluster.nodes if n is not n1],
-                    timeout=10.0) as c:
-            found = {kv.key.decode() for kv in c.scan_prefix("", keys_only=True).kvs}
-        assert set(acked) <= found, sorted(set(acked) - found)[:5]
         # The disk recovers: the member serves again by itself and catches up.
         os.remove(filler)
         with Client(cluster.endpoints, timeout=30.0) as c:
@@ -94,12 +101,7 @@ def test_a_member_whose_disk_fills_stops_serving_and_comes_back_with_nothing_los
             with Client([n1.client_address], timeout=5.0) as one:
                 return one.get("final", consistency="one") is not None
 
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            with contextlib.suppress(QuorumKVError):
-                if caught_up():
-                    break
-            time.sleep(0.2)
+        wait_until(caught_up, what="n1 catching up")
         with Client([n1.client_address], timeout=5.0) as one:
             kv = one.get("final", consistency="one")
             assert kv is not None and kv.mod_revision == last.revision
@@ -135,27 +137,10 @@ def test_a_member_whose_disk_turns_read_only_stops_acknowledging_and_says_why(
             running_cluster(tmp_path, data_dirs={"n1": tmp_path / "ext4" / "n1"}) as cluster:
         cluster.leader_name()
         n1 = cluster.node("n1")
-        acked: list[str] = []
-        with Client(cluster.endpoints, timeout=10.0) as c:
-            for i in range(20):
-                c.put(f"before/{i}", "v")
-                acked.append(f"before/{i}")
-        trigger.write_text("quorumkv test: the disk turns read-only")
-        with Client(cluster.endpoints, timeout=10.0) as c:
-            for i in range(100):
-                with contextlib.suppress(QuorumKVError):  # unknown outcomes: not counted
-                    c.put(f"after/{i}", "x" * 512)
-                    acked.append(f"after/{i}")
-        deadline = time.monotonic() + 60
-        while "the disk failed" not in n1.log_path.read_text():
-            assert time.monotonic() < deadline, "n1 never reported the failed disk"
-            time.sleep(0.1)
+        write_through_a_disk_failure(
+            cluster, n1, lambda: trigger.write_text("quorumkv test: the disk turns read-only"),
+            writes=100, size=512)
         # The kernel reports the turned filesystem as read-only to a write, or as an I/O
         # error to an fsync already under way: either way the log names it.
         log = n1.log_path.read_text()
         assert "Read-only file system" in log or "Input/output error" in log
-        assert n1.running()  # waiting for its disk, not gone
-        with Client([n.client_address for n in cluster.nodes if n is not n1],
-                    timeout=10.0) as c:
-            found = {kv.key.decode() for kv in c.scan_prefix("", keys_only=True).kvs}
-        assert set(acked) <= found, sorted(set(acked) - found)[:5]
