@@ -72,7 +72,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     config.write_text('cluster_token = "fuzz-token-not-in-any-example-91c4"\n')
     with running_cluster(tmp, extra=["--config", str(config)]) as c:
         c.leader_name()
-        wait_until(lambda: _ready(c), what="every node ready")
+        # An HTTP port opens after its client port: refused for a moment is "not yet".
+        wait_until(lambda: _ready(c), what="every node ready", ignore=(OSError,))
         yield c
 
 

@@ -20,15 +20,17 @@ STARTUP_TIMEOUT = 60.0
 
 
 def wait_until(predicate: Callable[[], object], timeout: float = 60.0,
-               what: str = "condition") -> None:
-    """Poll ``predicate`` until it is true; a QuorumKVError counts as "not yet"."""
+               what: str = "condition",
+               ignore: tuple[type[Exception], ...] = ()) -> None:
+    """Poll ``predicate`` until it is true; a QuorumKVError (or one of ``ignore``, say
+    OSError for a port not listening yet) counts as "not yet"."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
             if predicate():
                 return
-        except QuorumKVError as e:
+        except (QuorumKVError, *ignore) as e:
             last = e
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what} (last error: {last!r})")

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 _READ_CHUNK = 64 * 1024
 _MAX_REQUEST_ID = (1 << 63) - 1
+_FLUSH_AT = 256 << 10
+"""Queued request bytes beyond which drain() sends them at once (see Connection.drain)."""
 
 
 StreamHandler = Callable[[dict[str, Any] | QuorumKVError], None]
@@ -40,8 +42,8 @@ def _deliver(handler: StreamHandler, message: dict[str, Any] | QuorumKVError) ->
 
 
 class Connection:
-    __slots__ = ("_failure", "_max_frame", "_next_id", "_out", "_pending", "_reader", "_streams",
-                 "_task", "_writer", "endpoint")
+    __slots__ = ("_failure", "_max_frame", "_next_id", "_out", "_out_bytes", "_pending",
+                 "_reader", "_streams", "_task", "_writer", "endpoint")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  endpoint: Endpoint, max_frame: int) -> None:
@@ -52,6 +54,7 @@ class Connection:
         self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._out: list[bytes] = []
         """Request frames waiting for the end of this loop iteration (see _send)."""
+        self._out_bytes = 0
         self._streams: dict[int, StreamHandler] = {}
         self._next_id = 1
         self._failure: str | None = None
@@ -113,15 +116,20 @@ class Connection:
         if not self._out:
             asyncio.get_running_loop().call_soon(self._flush)
         self._out.append(frame)
+        self._out_bytes += len(frame)
         return request_id, future
 
     def _flush(self) -> None:
-        out, self._out = self._out, []
+        out, self._out, self._out_bytes = self._out, [], 0
         if out and self._failure is None and not self._writer.is_closing():
             self._writer.write(out[0] if len(out) == 1 else b"".join(out))
 
     async def drain(self) -> None:
         """Wait until the transport's buffer has room again (backpressure)."""
+        if self._out_bytes > _FLUSH_AT:
+            # Much is queued in this iteration: out it goes now, so the transport can
+            # push back on the caller rather than on the next iteration's.
+            self._flush()
         try:
             await self._writer.drain()
         except OSError as err:  # ConnectionResetError and friends

@@ -213,7 +213,7 @@ def check_command(cmd: Command) -> None:
         raise InvalidArgument(f"not a command: {type(cmd).__name__}")
 
 
-def _check_key_size(key: bytes, range_end: bytes | None, limits: Limits) -> None:
+def check_key_size(key: bytes, range_end: bytes | None, limits: Limits) -> None:
     if len(key) > limits.max_key_size:
         raise KeyTooLarge(f"key of {len(key)} bytes exceeds the limit of {limits.max_key_size}")
     if range_end is not None and len(range_end) > limits.max_key_size:
@@ -229,12 +229,12 @@ def _check_value_size(value: bytes, limits: Limits) -> None:
 
 def _check_sizes(op: Command | TxnOp | Compare, limits: Limits) -> None:
     if isinstance(op, Put):
-        _check_key_size(op.key, None, limits)
+        check_key_size(op.key, None, limits)
         _check_value_size(op.value, limits)
     elif isinstance(op, (DeleteRange, RangeRequest)):
-        _check_key_size(op.key, op.range_end, limits)
+        check_key_size(op.key, op.range_end, limits)
     elif isinstance(op, Compare):
-        _check_key_size(op.key, op.range_end, limits)
+        check_key_size(op.key, op.range_end, limits)
         if isinstance(op.value, bytes):
             _check_value_size(op.value, limits)
     elif isinstance(op, Txn):

@@ -85,14 +85,13 @@ from quorumkv.client.protocol import (
 from quorumkv.client.snapshot import chunk_to_wire
 from quorumkv.errors import (
     InvalidArgument,
-    KeyTooLarge,
     QuorumKVError,
     ResourceExhausted,
     StorageError,
     UnavailableError,
 )
 from quorumkv.kv.commands import Command, RangeRequest
-from quorumkv.kv.validation import Limits, validate
+from quorumkv.kv.validation import Limits, check_key_size, validate
 from quorumkv.transport.framing import FrameDecoder, FrameTooLarge, encode_frame
 
 log = logging.getLogger(__name__)
@@ -199,8 +198,8 @@ class MembershipService(Protocol):
 class _Connection:
     """One client connection's state, shared by its reader and request tasks."""
 
-    __slots__ = ("closers", "done", "handler", "out", "peer", "reader", "reader_task", "slots",
-                 "writer")
+    __slots__ = ("closers", "done", "handler", "out", "out_bytes", "peer", "reader",
+                 "reader_task", "slots", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  max_inflight: int) -> None:
@@ -215,6 +214,7 @@ class _Connection:
         """Run when the connection ends (its watches stop)."""
         self.out: list[bytes] = []
         """Answers queued to go out together at the end of this loop iteration."""
+        self.out_bytes = 0
 
     def queue(self, frame: bytes) -> None:
         """Send ``frame`` with whatever else is answered in this loop iteration: one
@@ -222,14 +222,15 @@ class _Connection:
         if not self.out:
             asyncio.get_running_loop().call_soon(self.flush)
         self.out.append(frame)
+        self.out_bytes += len(frame)
 
     def flush(self) -> None:
-        out, self.out = self.out, []
+        out, self.out, self.out_bytes = self.out, [], 0
         if out and not self.writer.is_closing():
             self.writer.write(out[0] if len(out) == 1 else b"".join(out))
 
     def queued_bytes(self) -> int:
-        return self.writer.transport.get_write_buffer_size() + sum(map(len, self.out))
+        return self.writer.transport.get_write_buffer_size() + self.out_bytes
 
     async def send(self, frame: bytes) -> None:
         if self.writer.is_closing():
@@ -433,7 +434,7 @@ class ClientServer:
             return True
         # The commonest cheap request, a one read of one key: no task, no slot, no wait.
         if (isinstance(req, ReadRequest) and req.consistency == "one" and not req.min_index
-                and req.range.range_end is None and self._answer_now(conn, request_id, req)):
+                and self._answer_now(conn, request_id, req)):
             if conn.queued_bytes() > _WRITE_HIGH_WATER:
                 await conn.send(b"")  # everything queued goes out, then the usual backpressure
             return True
@@ -599,7 +600,5 @@ class ClientServer:
         return result
 
     def _check_key_sizes(self, req: RangeRequest) -> None:
-        limit = self._limits.max_key_size
-        for name, key in (("key", req.key), ("range_end", req.range_end)):
-            if key is not None and len(key) > limit:
-                raise KeyTooLarge(f"{name} of {len(key)} bytes exceeds the limit of {limit}")
+        """A read's keys: a key no write could store is refused."""
+        check_key_size(req.key, req.range_end, self._limits)

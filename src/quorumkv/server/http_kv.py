@@ -19,7 +19,7 @@ from aiohttp import web
 
 from quorumkv.client.coordination_wire import event_to_wire
 from quorumkv.client.protocol import ReadRequest, WriteRequest
-from quorumkv.errors import Compacted, InvalidArgument, KeyTooLarge
+from quorumkv.errors import Compacted, InvalidArgument
 from quorumkv.kv.commands import (
     Command,
     Compact,
@@ -32,7 +32,7 @@ from quorumkv.kv.commands import (
 )
 from quorumkv.kv.results import Event
 from quorumkv.kv.store import KVStore
-from quorumkv.kv.validation import check_range_request, validate
+from quorumkv.kv.validation import check_key_size, check_range_request, validate
 from quorumkv.server.http_forward import forwarder_for
 from quorumkv.server.http_json import (
     READ_LEVELS,
@@ -66,14 +66,6 @@ _RESULT_TYPES: Final[dict[type, str]] = {Put: "put", DeleteRange: "delete", Txn:
                                          LeaseRevoke: "lease_revoke"}
 
 
-def check_key_sizes(node: Node, key: bytes, range_end: bytes | None) -> None:
-    """As the client port checks a read's keys: a key no write could store is refused."""
-    limit = node.limits.max_key_size
-    for name, value in (("key", key), ("range_end", range_end)):
-        if value is not None and len(value) > limit:
-            raise KeyTooLarge(f"{name} of {len(value)} bytes exceeds the limit of {limit}")
-
-
 # -- reads ---------------------------------------------------------------------------
 
 
@@ -86,7 +78,7 @@ async def _range(node: Node, f: Fields) -> dict[str, Any]:
     consistency = f.choice("consistency", READ_LEVELS, "quorum")
     min_revision = f.integer("min_revision", 0)
     f.finish()
-    check_key_sizes(node, key, end)
+    check_key_size(key, end, node.limits)
     check_range_request(req)
     result = await forwarder_for(node).call(
         lambda: node.range(req, consistency=consistency, min_revision=min_revision),
@@ -134,7 +126,7 @@ async def _history(request: web.Request, node: Node) -> web.Response:
     consistency = f.choice("consistency", READ_LEVELS, "quorum")
     min_revision = f.integer("min_revision", 0)
     f.finish()
-    check_key_sizes(node, key, end)
+    check_key_size(key, end, node.limits)
     # A one-key read at the level asked waits exactly as that read would, so the
     # history that follows is at least as fresh as the level promises.
     probe = RangeRequest(key=key, count_only=True)

@@ -35,6 +35,7 @@ from aiohttp import web
 from quorumkv.client.coordination_wire import WatchRequest
 from quorumkv.client.fields import MAX_INT64
 from quorumkv.errors import InvalidArgument
+from quorumkv.kv.validation import check_key_size
 from quorumkv.server.http_json import (
     QueryFields,
     dumps,
@@ -42,7 +43,6 @@ from quorumkv.server.http_json import (
     read_key_range,
     result_json,
 )
-from quorumkv.server.http_kv import check_key_sizes
 
 if TYPE_CHECKING:
     from quorumkv.server.node import Node
@@ -186,7 +186,7 @@ async def _watch(request: web.Request, node: Node) -> web.StreamResponse:
     start = _start_revision(request, f.integer("start_revision", 0))
     prev_kv = f.boolean("prev_kv")
     f.finish()
-    check_key_sizes(node, key, end)
+    check_key_size(key, end, node.limits)
     stream = SseStream(request, encoding)
     streams = _STREAMS.setdefault(node, set())
     streams.add(stream)

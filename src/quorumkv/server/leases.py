@@ -42,7 +42,6 @@ class LeaseManager:
         self.node = node
         self.min_ttl = min_ttl
         self._deadlines: dict[int, float] = {}
-        self._ttls: dict[int, int] = {}
         self._revoking: set[int] = set()
         self._term = -1
         """The term we lead in; deadlines belong to it."""
@@ -87,10 +86,8 @@ class LeaseManager:
         ttl = kv.lease_ttl(lease_id)
         if ttl is None:
             self._deadlines.pop(lease_id, None)
-            self._ttls.pop(lease_id, None)
             raise LeaseNotFound(f"lease {lease_id} does not exist (expired or revoked)",
                                 lease=lease_id)
-        self._ttls[lease_id] = ttl
         self._deadlines[lease_id] = self._now() + self._effective(ttl)
         return {"id": lease_id, "ttl": ttl, "header": self.node.header()}
 
@@ -140,21 +137,17 @@ class LeaseManager:
         if not self._leading():
             self._term = -1
             self._deadlines.clear()
-            self._ttls.clear()
             return
         term = group.raft.term
         if term != self._term:
             # A new term of ours: every deadline starts afresh (see the module doc).
             self._term = term
             self._deadlines.clear()
-            self._ttls.clear()
         leases = await asyncio.to_thread(kv.leases)
         now = self._now()
         for lease_id in [i for i in self._deadlines if i not in leases]:
             del self._deadlines[lease_id]
-            self._ttls.pop(lease_id, None)
         for lease_id, ttl in leases.items():
-            self._ttls[lease_id] = ttl
             if lease_id not in self._deadlines:
                 self._deadlines[lease_id] = now + self._effective(ttl)
         expired = [i for i, d in self._deadlines.items() if d <= now and i not in self._revoking]
@@ -177,10 +170,8 @@ class LeaseManager:
                 LEASE_EXPIRED, f"lease {lease_id} expired and was revoked",
                 level=logging.DEBUG, lease=lease_id, keys_deleted=keys)
             self._deadlines.pop(lease_id, None)
-            self._ttls.pop(lease_id, None)
         except LeaseNotFound:
             self._deadlines.pop(lease_id, None)  # revoked meanwhile
-            self._ttls.pop(lease_id, None)
         except (QuorumKVError, TimeoutError) as e:
             log.info("revoking expired lease %d failed (will retry): %s", lease_id, e)
         finally:

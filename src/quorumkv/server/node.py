@@ -319,12 +319,11 @@ class Node:
                                wal=wal, kv=kv, snapshots=snapshots, transport=self.transport,
                                tick_seconds=cfg.tick_ms / 1000,
                                snapshot_threshold=cfg.snapshot_threshold,
-                               scratch_dir=self.data.scratch)
+                               scratch_dir=self.data.scratch, events=self.events,
+                               metrics=self.metrics, name_of=self.name_of)
         self.group.on_membership_change = self._refresh_members
         self.group.on_events = self.watches.on_applied
         self.group.on_snapshot_installed = self.watches.restart_all
-        self.group.events, self.group.metrics = self.events, self.metrics
-        self.group.name_of = self.name_of
         await self.transport.start()
         self.client_server = ClientServer(self, host=cfg.client_host, port=cfg.client_port,
                                           max_frame=cfg.max_request_bytes, limits=self.limits,
@@ -585,17 +584,19 @@ class Node:
                 raise QuorumNotReached("a majority did not confirm the read index in time"
                                        ) from None
             raise Timeout(f"a {consistency} read could not be served in time") from None
-        if req.range_end is None:
-            # One key from the mmap'd B+tree takes microseconds: a thread hop would cost
-            # more than the read. (A range counts every key in it, whatever its limit.)
-            result = self.kv.range(req)
-        else:
-            result = await asyncio.to_thread(self.kv.range, req)
+        now = self.range_now(req)
+        if now is not None:
+            return now
+        result = await asyncio.to_thread(self.kv.range, req)
         return protocol.range_result(result, self.header())
 
     def range_now(self, req: RangeRequest) -> dict[str, Any] | None:
-        """A ``one`` read of a single key, answered without waiting for anything; None
-        when the request needs the full path (a range, or a store not open)."""
+        """Read a single key here and now; None for a range (or a store not open), which
+        a worker thread reads.
+
+        One key from the mmap'd B+tree takes microseconds: a thread hop would cost more
+        than the read. A range counts every key in it, whatever its limit.
+        """
         if req.range_end is not None or self.kv is None or self.group is None:
             return None
         return protocol.range_result(self.kv.range(req), self.header())

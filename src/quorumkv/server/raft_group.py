@@ -95,7 +95,8 @@ class RaftGroup:
     def __init__(self, *, node_id: int, group_id: int, raft_config: RaftConfig,
                  wal: WriteAheadLog, kv: KVStore, snapshots: SnapshotStore,
                  transport: Any, tick_seconds: float, snapshot_threshold: int,
-                 scratch_dir: Path) -> None:
+                 scratch_dir: Path, events: EventFeed, metrics: NodeMetrics,
+                 name_of: Callable[[int], str]) -> None:
         self.node_id = node_id
         self.group_id = group_id
         self.wal = wal
@@ -140,11 +141,11 @@ class RaftGroup:
         """Called with the events of each applied batch and the store's revision after it."""
         self.on_snapshot_installed: Callable[[], None] | None = None
         """The store jumped to a snapshot's state: no events exist for what it skipped."""
-        self.events = EventFeed()
+        self.events = events
         """Where elections, snapshots and transfers are recorded (the node's feed)."""
-        self.metrics = NodeMetrics()
+        self.metrics = metrics
         """Where disk, apply, proposal and round-trip timings go (the node's metrics)."""
-        self.name_of: Callable[[int], str] = str
+        self.name_of = name_of
         """A member's name for events, by id."""
         self._seen = (self.raft.role, self.raft.term, self.raft.leader)
         """Role, term and leader when last looked at: events are their changes."""

@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from quorumkv.tools.histogram import Histogram
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
-
-
-def percentile(sorted_samples: Sequence[float], p: float) -> float:
-    """The nearest-rank percentile: a latency some request really had, never an interpolation."""
-    if not sorted_samples:
-        return 0.0
-    rank = max(1, math.ceil(p / 100.0 * len(sorted_samples)))
-    return sorted_samples[min(rank, len(sorted_samples)) - 1]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -30,15 +20,6 @@ class LatencySummary:
     max: float
     mean: float
     stddev: float = 0.0
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> LatencySummary:
-        ms = sorted(s * 1000.0 for s in seconds)
-        p50, p90, p99, p999 = (percentile(ms, p) for p in PERCENTILES)
-        mean = sum(ms) / len(ms) if ms else 0.0
-        stddev = math.sqrt(sum((x - mean) ** 2 for x in ms) / len(ms)) if ms else 0.0
-        return cls(p50=p50, p90=p90, p99=p99, p999=p999, max=ms[-1] if ms else 0.0,
-                   mean=mean, stddev=stddev)
 
     @classmethod
     def of_histogram(cls, h: Histogram) -> LatencySummary:
