@@ -35,8 +35,9 @@ lint: $(STAMP)
 
 # A local 3-node cluster of real `quorumkv serve` processes (client ports
 # 7101-7103, data under ./data, kept across restarts); Ctrl-C stops it.
+# make run SECURE=1: TLS on every port, certificates of a dev CA in ./data/certs.
 run: $(STAMP)
-	$(BIN)/python -m quorumkv.devcluster
+	$(BIN)/python -m quorumkv.devcluster$(if $(SECURE), --secure,)
 
 # The deterministic simulator on a faulty cluster, with a readable timeline.
 sim-demo: $(STAMP)

@@ -14,7 +14,9 @@ from typing import Any
 
 import click
 
+from quorumkv.cli_auth import auth, role, user
 from quorumkv.cli_bench import bench
+from quorumkv.cli_certs import certs_group, serve_tls_options
 from quorumkv.cli_check import check
 from quorumkv.cli_cluster import leave, member, status
 from quorumkv.cli_common import ClientSettings, QuorumKVGroup, group_options, parse_endpoints
@@ -44,6 +46,9 @@ def main(ctx: click.Context, endpoints: str, timeout: float, json_output: bool) 
 
 for _command in (put, get, delete, scan, txn, status, member, leave, bench, check, watch, lease,
                  lock, snapshot):
+    main.add_command(_command)
+main.add_command(certs_group)
+for _command in (user, role, auth):
     main.add_command(_command)
 
 
@@ -85,6 +90,7 @@ for _command in (put, get, delete, scan, txn, status, member, leave, bench, chec
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(LEVELS))
 @click.option("--log-format", default="human", show_default=True, type=click.Choice(FORMATS),
               help="human: one readable line per record; json: one JSON object per line.")
+@serve_tls_options
 def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
           client_listen: str | None, http_listen: str | None, peer_advertise: str | None,
           client_advertise: str | None,
@@ -92,7 +98,8 @@ def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
           cluster_token: str | None, join: str | None, leave_on_shutdown: bool | None,
           max_voters: int | None, promote_lag: int | None, tick_ms: int | None,
           election_ticks: int | None, snapshot_threshold: int | None,
-          config_file: Path | None, log_level: str, log_format: str) -> None:
+          config_file: Path | None, log_level: str, log_format: str,
+          tls_settings: dict[str, Any]) -> None:
     """Run a quorumkv node."""
     from quorumkv.server.node import run_node
 
@@ -130,6 +137,7 @@ def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
                            ("snapshot_threshold", snapshot_threshold)):
             if value is not None:
                 settings[key] = value
+        settings.update(tls_settings)
         if "name" not in settings or "data_dir" not in settings:
             raise click.UsageError("--name and --data-dir are required (flag or config file)")
         config = NodeConfig(**settings)

@@ -79,7 +79,8 @@ def bench(workload: str, clients: int, rate: float | None, duration: float | Non
                            requests=requests, key_size=key_size, value_size=value_size,
                            keys=keys, consistency=consistency, warmup=warmup,
                            read_ratio=read_ratio, range_limit=range_limit, watchers=watchers,
-                           key_dist=key_dist, zipf_s=zipf_s, rate=rate, procs=procs, seed=seed)
+                           key_dist=key_dist, zipf_s=zipf_s, rate=rate, procs=procs, seed=seed,
+                           tls=settings.tls, user=settings.user, password=settings.password)
     run = BenchRun(options)
     # The bar goes to stderr, so stdout carries only the summary (or the JSON).
     report = asyncio.run(run_with_progress(run, run.run(), Console(stderr=True),

@@ -51,7 +51,8 @@ def perf(load_name: str, duration: float, prefix: str, procs: int, auto_compact:
     load = resolve_load(load_name)
     options = CheckPerfOptions(endpoints=settings.endpoints, timeout=settings.timeout,
                                load=load, duration=duration, prefix=prefix, procs=procs,
-                               auto_compact=auto_compact)
+                               auto_compact=auto_compact, tls=settings.tls,
+                               user=settings.user, password=settings.password)
     run = CheckPerfRun(options)
     console = Console(stderr=True)
     if not settings.json:

@@ -55,7 +55,7 @@ def token_option(f: Callable[..., Any]) -> Callable[..., Any]:
 @client_command
 def status(*, settings: ClientSettings) -> None:
     """Show every member: role, term, commit and applied index, replication, health."""
-    view = asyncio.run(cluster_view(settings.endpoints, settings.timeout))
+    view = asyncio.run(cluster_view(settings.endpoints, settings.timeout, settings.tls))
     if settings.json:
         emit_json(view.to_json())
         return
@@ -190,6 +190,7 @@ def member_move_leader(name: str, token: str, *, settings: ClientSettings) -> No
 def leave(token: str, *, settings: ClientSettings) -> None:
     """Make the node of the FIRST endpoint leave the cluster, then stop."""
     # That one endpoint only: a retry must never carry the leave to another node.
-    with Client(settings.endpoints[:1], timeout=settings.timeout) as c:
+    with Client(settings.endpoints[:1], timeout=settings.timeout, tls=settings.tls,
+                user=settings.user, password=settings.password) as c:
         m = c.leave(token=token)
     _show(settings, m, f"{m.name} left the cluster")

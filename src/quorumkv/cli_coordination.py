@@ -265,7 +265,9 @@ async def _locked(settings: ClientSettings, name: bytes, command: tuple[str, ...
     loop = asyncio.get_running_loop()
     main = asyncio.current_task()
     assert main is not None
-    async with AsyncClient(settings.endpoints, timeout=settings.timeout) as client:
+    async with AsyncClient(settings.endpoints, timeout=settings.timeout,
+                           tls=settings.tls, user=settings.user,
+                           password=settings.password) as client:
         held = Lock(client, name, ttl=ttl, prefix=LOCK_PREFIX)
         # While waiting, SIGTERM gives up the place in the queue, as Ctrl-C does.
         loop.add_signal_handler(signal.SIGTERM, main.cancel)

@@ -15,6 +15,11 @@ temporary directory instead and removes it afterwards.
 
 The nodes run in their own sessions, so a Ctrl-C in the terminal reaches
 only this process, which then stops them in order, each exactly once.
+
+``--secure`` (``make run SECURE=1``) serves the client and HTTP ports over TLS
+and the peer ports over mutual TLS, with certificates of a development CA in
+DATA/certs (made on first use, as ``quorumkv certs`` would: one certificate
+per node for 127.0.0.1 and localhost, and a client certificate ``root``).
 """
 
 from __future__ import annotations
@@ -33,8 +38,9 @@ from types import FrameType
 
 import click
 
-from quorumkv.client import Client
+from quorumkv.client import Client, TLSSettings
 from quorumkv.errors import QuorumKVError
+from quorumkv.security import certs as certs_module
 
 NAMES = ("n1", "n2", "n3")
 DEFAULT_BASE_PORT = 7001
@@ -56,6 +62,7 @@ class DevNode:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     reported_exit: bool = False
+    scheme: str = "http"
 
     @property
     def client_address(self) -> str:
@@ -63,7 +70,7 @@ class DevNode:
 
     @property
     def dashboard_url(self) -> str:
-        return f"http://{HOST}:{self.http_port}/"
+        return f"{self.scheme}://{HOST}:{self.http_port}/"
 
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
@@ -74,13 +81,17 @@ class Stop(Exception):
 
 
 class DevCluster:
-    def __init__(self, base_port: int, data_root: Path, tick_ms: int) -> None:
+    def __init__(self, base_port: int, data_root: Path, tick_ms: int,
+                 certs: Path | None = None) -> None:
+        """``certs``: the CA's directory; the cluster speaks TLS if given."""
         self.nodes = [DevNode(name=name, peer_port=base_port + i,
                               client_port=base_port + CLIENT_PORT_OFFSET + i,
                               http_port=base_port + HTTP_PORT_OFFSET + i,
-                              data_dir=data_root / name, log_path=data_root / f"{name}.log")
+                              data_dir=data_root / name, log_path=data_root / f"{name}.log",
+                              scheme="https" if certs else "http")
                       for i, name in enumerate(NAMES)]
         self.tick_ms = tick_ms
+        self.certs = certs
         self.stop_requested = False
 
     @property
@@ -100,6 +111,31 @@ class DevCluster:
                         busy.append(port)
         return busy
 
+    @property
+    def tls(self) -> TLSSettings | None:
+        if self.certs is None:
+            return None
+        return TLSSettings(ca_file=self.certs / certs_module.CA_CERT)
+
+    def make_certs(self) -> None:
+        """The CA (unless there is one) and whatever certificates are missing; existing
+        ones are kept, so a restarted cluster presents what its clients already trust."""
+        assert self.certs is not None
+        if not (self.certs / certs_module.CA_CERT).exists():
+            certs_module.init_ca(self.certs)
+        for name in (*NAMES, "root"):
+            if not (self.certs / f"{name}.pem").exists():
+                certs_module.issue(self.certs, name, ips=[HOST], dns=["localhost"],
+                                   client_only=name == "root")
+
+    def tls_flags(self, name: str) -> list[str]:
+        if self.certs is None:
+            return []
+        cert, key, ca = (str(self.certs / f"{name}.pem"), str(self.certs / f"{name}-key.pem"),
+                         str(self.certs / certs_module.CA_CERT))
+        return ["--cert-file", cert, "--key-file", key, "--trusted-ca-file", ca,
+                "--peer-cert-file", cert, "--peer-key-file", key, "--peer-trusted-ca-file", ca]
+
     def start(self) -> None:
         initial = ",".join(f"{n.name}={HOST}:{n.peer_port}" for n in self.nodes)
         clients = ",".join(f"{n.name}={n.client_address}" for n in self.nodes)
@@ -111,7 +147,8 @@ class DevCluster:
                     "--data-dir", str(n.data_dir), "--peer-listen", f"{HOST}:{n.peer_port}",
                     "--client-listen", n.client_address,
                     "--http-listen", f"{HOST}:{n.http_port}", "--initial-cluster", initial,
-                    "--client-urls", clients, "--tick-ms", str(self.tick_ms)]
+                    "--client-urls", clients, "--tick-ms", str(self.tick_ms),
+                    *self.tls_flags(n.name)]
             with open(n.log_path, "ab") as log:  # the child keeps its own copy of the fd
                 n.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log,
                                           stderr=subprocess.STDOUT, start_new_session=True,
@@ -125,7 +162,7 @@ class DevCluster:
                 if self.stop_requested:
                     raise Stop("stopped before a leader was elected")
                 try:
-                    with Client([n.client_address], timeout=1.0) as c:
+                    with Client([n.client_address], timeout=1.0, tls=self.tls) as c:
                         leader = c.status().get("leader")
                 except QuorumKVError:
                     continue  # not listening yet
@@ -191,12 +228,21 @@ def _print_ready(cluster: DevCluster, leader: str, data_note: str, base_port: in
     say(f"dashboard: {cluster.nodes[0].dashboard_url}  (every node serves it; "
         f"metrics at {cluster.nodes[0].dashboard_url}metrics)")
     cli = _cli_command()
+    if cluster.certs is not None:
+        ca = cluster.certs / certs_module.CA_CERT
+        say(f"TLS: client and HTTP ports over TLS, mutual TLS between the nodes; "
+            f"certificates in {cluster.certs}")
+        cli += f" --cacert {ca}"
     say("")
     say("Try, in another terminal:")
     if base_port != DEFAULT_BASE_PORT:
         say(f"  export QUORUMKV_ENDPOINTS={cluster.endpoints}")
     for example in ("put hello world", "get hello", "status"):
         say(f"  {cli} {example}")
+    if cluster.certs is not None:
+        ca = cluster.certs / certs_module.CA_CERT
+        say(f"  curl --cacert {ca} {cluster.nodes[0].dashboard_url}health")
+        say(f"  (or export QUORUMKV_CACERT={ca} and leave out --cacert)")
     say("")
     say("Ctrl-C stops the cluster.")
 
@@ -212,7 +258,11 @@ def _print_ready(cluster: DevCluster, leader: str, data_note: str, base_port: in
               help="Start empty in a temporary directory, removed when the cluster stops.")
 @click.option("--tick-ms", type=click.IntRange(min=1), default=100, show_default=True,
               help="Raft tick length of every node.")
-def main(base_port: int, data_dir: Path | None, fresh: bool, tick_ms: int) -> None:
+@click.option("--secure", is_flag=True,
+              help="TLS on every port (mutual TLS between nodes), with a development CA in "
+                   "DATA/certs made on first use.")
+def main(base_port: int, data_dir: Path | None, fresh: bool, tick_ms: int,
+         secure: bool) -> None:
     """Run a local three-node quorumkv cluster until Ctrl-C."""
     if fresh and data_dir is not None:
         raise click.UsageError("--fresh starts in a temporary directory: it takes no --data-dir")
@@ -222,7 +272,7 @@ def main(base_port: int, data_dir: Path | None, fresh: bool, tick_ms: int) -> No
     else:
         root = (data_dir or Path("data")).resolve()  # printed, so say exactly where
         data_note = f"data in {root} (kept across restarts)"
-    cluster = DevCluster(base_port, root, tick_ms)
+    cluster = DevCluster(base_port, root, tick_ms, certs=root / "certs" if secure else None)
     busy = cluster.busy_ports()
     if busy:
         click.echo(f"cannot start: port(s) {', '.join(map(str, busy))} on {HOST} already in "
@@ -239,6 +289,11 @@ def main(base_port: int, data_dir: Path | None, fresh: bool, tick_ms: int) -> No
         signal.signal(sig, request_stop)
     code = 0
     try:
+        if cluster.certs is not None:
+            try:
+                cluster.make_certs()
+            except QuorumKVError as e:
+                raise Stop(f"cannot make certificates in {cluster.certs}: {e.message}") from None
         cluster.start()
         leader = cluster.wait_for_leader(LEADER_TIMEOUT)
         _print_ready(cluster, leader, data_note, base_port)

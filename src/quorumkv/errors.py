@@ -11,7 +11,16 @@ grouped by whose fault they are and what the caller may do about it::
      │    ├── KeyTooLarge
      │    ├── ValueTooLarge
      │    ├── Compacted              asked for history older than compaction
-     │    └── LeaseNotFound          no lease with that id (never granted, or revoked)
+     │    ├── LeaseNotFound          no lease with that id (never granted, or revoked)
+     │    └── AuthError              users, roles and tokens (docs/security.md)
+     │         ├── Unauthenticated   auth is on and the request names no user
+     │         ├── InvalidCredentials  wrong user name or password
+     │         ├── InvalidToken      forged, expired or revoked: sign in again
+     │         ├── PermissionDenied  the user's roles do not grant it
+     │         ├── AuthNotEnabled
+     │         ├── TooManyLoginAttempts  failed sign-ins are rate-limited
+     │         ├── UserNotFound / RoleNotFound / AlreadyExists
+     │         └── RootMissing       auth enable needs user root with role root
      ├── UnavailableError            the cluster cannot serve it now; may retry
      │    ├── NotLeader              carries a hint of who the leader is
      │    ├── ProposalDropped        the proposal never entered the log
@@ -21,6 +30,7 @@ grouped by whose fault they are and what the caller may do about it::
      │    ├── NetworkError
      │    ├── WatchCanceled          a watch ended by the node (too slow a reader)
      │    └── ResourceExhausted      a node limit is reached (connections, watches)
+     │         └── RateLimited        requests faster than the node's rate limit
      ├── ConsistencyError            the requested consistency could not be met
      │    ├── ReplicaReadFailed
      │    ├── ReplicaWriteFailed     the write IS committed; not every voter applied
@@ -148,6 +158,18 @@ class ResourceExhausted(UnavailableError):
     code = "resource_exhausted"
 
 
+class RateLimited(ResourceExhausted):
+    """Requests came faster than the node's rate limit (max_requests_per_s): none was
+    queued; send again after ``retry_after_s`` seconds."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str = "", *, retry_after_s: float = 0.0, **kw: Any) -> None:
+        super().__init__(message or f"rate limited: retry after {retry_after_s:.3f} s",
+                         retry_after_s=retry_after_s, **kw)
+        self.retry_after_s = retry_after_s
+
+
 class ConsistencyError(QuorumKVError):
     code = "consistency_error"
 
@@ -186,6 +208,73 @@ class LearnerNotReady(MembershipError):
 
 class AuthenticationFailed(MembershipError):
     code = "authentication_failed"
+
+
+class AuthError(RequestError):
+    """Who the caller is, or what they may do: users, roles, tokens (docs/security.md).
+
+    A request error: it is refused before anything happens (and a write the state
+    machine refuses fails the same way on every replica), so it is never retried as is.
+    """
+
+    code = "auth_error"
+
+
+class Unauthenticated(AuthError):
+    """Auth is enabled and the request carries no user: sign in first."""
+
+    code = "unauthenticated"
+
+
+class InvalidCredentials(AuthError):
+    """Wrong user name or password (which of the two is never said)."""
+
+    code = "invalid_credentials"
+
+
+class InvalidToken(AuthError):
+    """A token that is malformed, forged, expired or revoked (its user's password changed,
+    the user was deleted, auth was disabled): sign in again."""
+
+    code = "invalid_token"
+
+
+class PermissionDenied(AuthError):
+    """The signed-in user's roles do not grant this operation on these keys."""
+
+    code = "permission_denied"
+
+
+class AuthNotEnabled(AuthError):
+    """Signing in while auth is disabled: every request is allowed without a user."""
+
+    code = "auth_not_enabled"
+
+
+class TooManyLoginAttempts(AuthError):
+    """Sign-ins for this user or from this address failed too often: wait retry_after_s."""
+
+    code = "too_many_login_attempts"
+
+
+class UserNotFound(AuthError):
+    code = "user_not_found"
+
+
+class RoleNotFound(AuthError):
+    code = "role_not_found"
+
+
+class AlreadyExists(AuthError):
+    """A user or role of that name exists already."""
+
+    code = "already_exists"
+
+
+class RootMissing(AuthError):
+    """Auth cannot be enabled before the user ``root`` exists with the role ``root``."""
+
+    code = "root_missing"
 
 
 class StorageError(QuorumKVError):

@@ -408,3 +408,60 @@ def test_dashboard_files_have_types_and_cache_headers() -> None:
     # while the module's browser is open.
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         pool.submit(asyncio.run, check()).result(timeout=60)
+
+
+def _enable_auth(node: NodeProcess, password: str) -> None:
+    """The user root with the role root, then auth on, through the HTTP API."""
+    for path, body in (("/v1/auth/users", {"name": "root", "password": password}),
+                       ("/v1/auth/roles", {"name": "root"}),
+                       ("/v1/auth/users/root/roles", {"role": "root"}),
+                       ("/v1/auth/enable", {})):
+        req = urllib.request.Request(node.http_url + path, data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=30.0) as resp:
+            assert resp.status == 200, path
+
+
+UNAUTHORIZED = "the server responded with a status of 401"
+"""What Chromium logs for each request the node answered 401 before signing in."""
+
+
+def test_dashboard_signs_in_when_auth_is_enabled(tmp_path: Path, dashboard: DashboardPage,
+                                                 screenshots: Path) -> None:
+    with _started_cluster(tmp_path) as cluster:
+        served = cluster.nodes[0]
+        _enable_auth(served, "dashboard-root-pw")
+        page = dashboard.page
+        page.goto(served.http_url + "/")
+        # The events and statistics need a user: the page asks for one instead.
+        expect(page.get_by_test_id("signin-form")).to_be_visible(timeout=_ms(LOAD_S))
+        expect(page.get_by_test_id("members")).to_be_hidden()
+        page.screenshot(path=str(screenshots / "dashboard-sign-in.png"), full_page=True)
+
+        page.get_by_test_id("signin-user").fill("root")
+        page.get_by_test_id("signin-password").fill("wrong password")
+        page.get_by_test_id("signin-submit").click()
+        expect(page.get_by_test_id("signin-error")).to_have_text(
+            "Wrong user name or password.", timeout=_ms(LOAD_S))
+
+        page.get_by_test_id("signin-password").fill("dashboard-root-pw")
+        page.get_by_test_id("signin-submit").click()
+        expect(page.get_by_test_id("signin")).to_be_hidden(timeout=_ms(LOAD_S))
+        expect(page.get_by_test_id("member-card")).to_have_count(3, timeout=_ms(LOAD_S))
+        for n in cluster.nodes:
+            expect(_card(page, n.name)).to_have_attribute("data-status", "active",
+                                                          timeout=_ms(LOAD_S))
+        expect(page.get_by_test_id("signed-in")).to_contain_text("signed in as root")
+        expect(page.get_by_test_id("events-error")).to_be_hidden(timeout=_ms(LOAD_S))
+        # The token is in the tab's session storage, never in a URL.
+        token = page.evaluate("() => sessionStorage.getItem('quorumkv.token')")
+        assert isinstance(token, str) and token.startswith("qkv1.")
+        assert token not in page.url
+        page.screenshot(path=str(screenshots / "dashboard-signed-in.png"), full_page=True)
+
+        page.get_by_test_id("sign-out").click()
+        expect(page.get_by_test_id("signin-form")).to_be_visible()
+        assert page.evaluate("() => sessionStorage.getItem('quorumkv.token')") is None
+
+    unexpected = [e for e in dashboard.console.errors if UNAUTHORIZED not in e]
+    assert unexpected == []

@@ -18,8 +18,12 @@ def toml_config(tmp_path: Path, **settings: object) -> list[str]:
 
 
 class RawConnection:
-    def __init__(self, port: int, *, timeout: float = 10.0) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    def __init__(self, port: int, *, timeout: float = 10.0, source: str | None = None) -> None:
+        """``source``: the local address to connect from (another loopback address, say
+        127.0.0.2, is another client address to the node)."""
+        self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout,
+                                             source_address=None if source is None
+                                             else (source, 0))
         self.decoder = FrameDecoder(64 << 20)
         self._frames: list[bytes] = []
 

@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from cluster_harness import Cluster, running_cluster
 
+from quorumkv.client import Client
+
 pytestmark = pytest.mark.timeout(300)
 
 CLI_TIMEOUT = 120.0
@@ -29,12 +31,26 @@ SUMMARY_KEYS = {"workload", "consistency", "clients", "connections", "procs", "m
                 "errors", "errors_by_code", "conflicts", "backlog", "latency_ms", "by_op",
                 "writes"}
 LATENCY_KEYS = {"p50", "p90", "p99", "p99.9", "max", "mean", "stddev"}
+ROOT_PW = "bench-root-pw"
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     with running_cluster(tmp_path_factory.mktemp("bench-cluster")) as c:
         c.leader_name()
+        yield c
+
+
+@pytest.fixture(scope="module")
+def auth_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """One node with auth enabled and a root user whose password is ROOT_PW."""
+    with running_cluster(tmp_path_factory.mktemp("bench-auth-cluster"), size=1) as c:
+        c.leader_name()
+        with Client(c.endpoints, timeout=30.0) as admin:
+            admin.user_add("root", ROOT_PW)
+            admin.role_add("root")
+            admin.user_grant_role("root", "root")
+            admin.auth_enable()
         yield c
 
 
@@ -146,3 +162,45 @@ def test_check_perf_json_and_a_prefix_that_is_not_empty(cluster: Cluster) -> Non
     refused = cli(cluster, "check", "perf", "--duration", "1", "--prefix", prefix)
     assert refused.returncode == 1
     assert "error (invalid_argument): prefix" in refused.stderr and "has keys" in refused.stderr
+
+
+def test_bench_and_check_perf_sign_in_with_the_global_user_option(auth_cluster: Cluster,
+                                                                  ) -> None:
+    root = f"root:{ROOT_PW}"
+    # In this process, and in load processes (which get the credentials with their
+    # options, over spawn's pipe).
+    for procs in ("1", "2"):
+        doc = bench_json(auth_cluster, "--workload", "put", "--clients", "4", "--procs", procs,
+                         "--user", root)
+        assert doc["procs"] == int(procs) and doc["ops"] > 0
+        assert doc["errors"] == 0 and doc["errors_by_code"] == {}, doc["errors_by_code"]
+    # The options before the command count too (the group's --user).
+    done = subprocess.run([sys.executable, "-m", "quorumkv.cli", "--user", root, "bench",
+                           "--workload", "get", "--keys", "50", "--clients", "2",
+                           "--duration", "1", "--warmup", "0", "--json",
+                           "--endpoints", ",".join(auth_cluster.endpoints)],
+                          capture_output=True, text=True, timeout=CLI_TIMEOUT, check=False)
+    assert done.returncode == 0, done.stderr
+    doc = json.loads(done.stdout)
+    assert doc["ops"] > 0 and doc["errors"] == 0, doc["errors_by_code"]
+
+    # Without a user every request is refused as unauthenticated: the run stops at
+    # once with that error rather than counting a second of refusals.
+    for procs in ("1", "2"):
+        refused = cli(auth_cluster, "bench", "--workload", "put", "--clients", "4",
+                      "--procs", procs, "--duration", "1", "--warmup", "0.3", "--json")
+        assert refused.returncode == 1, (refused.stdout, refused.stderr)
+        assert refused.stdout == ""
+        assert "error (unauthenticated)" in refused.stderr, refused.stderr
+
+    prefix = "/check-perf-auth/"
+    done = cli(auth_cluster, "check", "perf", "--duration", "1", "--prefix", prefix,
+               "--json", "--user", root)
+    assert done.returncode in (0, 1), done.stderr  # the verdict depends on the machine
+    doc = json.loads(done.stdout)
+    assert doc["errors_by_code"] == {} and doc["checks"][0] == {
+        "name": "errors", "passed": True, "message": "PASS: no request failed"}
+    assert doc["writes"] > 0 and doc["deleted"] >= doc["writes"]
+    refused = cli(auth_cluster, "check", "perf", "--duration", "1", "--prefix", prefix)
+    assert refused.returncode == 1
+    assert "error (unauthenticated)" in refused.stderr, refused.stderr

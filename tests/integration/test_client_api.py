@@ -94,7 +94,7 @@ class FakeKV:
                 "leader": self.name, "header": self.header().to_wire()}
 
     async def write(self, cmd: Command, *, consistency: str, client_id: int,
-                    seq: int) -> dict[str, Any]:
+                    seq: int, user: str | None = None) -> dict[str, Any]:
         self.write_calls.append((client_id, seq))
         if self.before_write is not None:
             await self.before_write(cmd)

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from quorumkv.client.auth_wire import AuthenticateRequest, AuthRequest, AuthTokenRequest
 from quorumkv.client.coordination_wire import (
     LeaseKeepAliveRequest,
     LeaseListRequest,
@@ -51,6 +52,7 @@ from quorumkv.client.protocol import (
     range_result,
     range_result_from_wire,
     request_id_of,
+    request_token,
     result_from_wire,
     result_to_wire,
     write_result,
@@ -137,6 +139,12 @@ REQUESTS: list[Request] = [
     LeaseListRequest(),
     WriteRequest(cmd=LeaseGrant(id=9, ttl=10), client_id=2, seq=1),
     WriteRequest(cmd=LeaseRevoke(id=9)),
+    AuthenticateRequest(name="alice", password="pw"),
+    AuthTokenRequest(token="qkv1.a.b"),
+    AuthRequest(action="status"),
+    AuthRequest(action="user_add", name="alice", password="pw"),
+    AuthRequest(action="role_grant", role="r", perm="readwrite", key=b"a", range_end=ALL_KEYS),
+    AuthRequest(action="role_revoke", role="r", key=b"a"),
 ]
 
 
@@ -238,7 +246,10 @@ MALFORMED: list[tuple[Any, int | None, str]] = [
     ("not an array", None, "array"),
     ([], None, "array"),
     ([1, "status"], 1, "array"),
-    ([1, "status", {}, "extra"], 1, "array"),
+    ([1, "status", {}, "token", "extra"], 1, "array"),
+    ([1, "status", {}, 5], 1, "token"),
+    ([1, "status", {}, ""], 1, "token"),
+    ([1, "status", {}, "t" * 1025], 1, "token"),
     (["1", "status", {}], None, "request_id"),
     ([-1, "status", {}], None, "request_id"),
     ([1 << 63, "status", {}], None, "request_id"),
@@ -464,6 +475,21 @@ def test_status_with_and_without_local() -> None:
     assert msgpack.unpackb(encode_request(4, StatusRequest())) == [4, "status", {}]
     assert msgpack.unpackb(encode_request(5, StatusRequest(local=True))) == [
         5, "status", {"local": True}]
+
+
+def test_a_request_may_carry_a_token_of_its_own() -> None:
+    data = encode_request(3, StatusRequest(), token="qkv1.x.y")
+    assert msgpack.unpackb(data) == [3, "status", {}, "qkv1.x.y"]
+    assert decode_request(data) == (3, StatusRequest())
+    assert request_token(msgpack.unpackb(data)) == "qkv1.x.y"
+    assert request_token(msgpack.unpackb(encode_request(3, StatusRequest()))) is None
+
+
+def test_passwords_and_tokens_stay_out_of_reprs() -> None:
+    for req in (AuthenticateRequest(name="alice", password="hunter2"),
+                AuthTokenRequest(token="hunter2"),
+                AuthRequest(action="user_add", name="alice", password="hunter2")):
+        assert "hunter2" not in repr(req)
 
 
 def test_every_op_has_a_request_in_the_round_trip_list() -> None:

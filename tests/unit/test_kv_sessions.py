@@ -355,7 +355,7 @@ def test_a_numbered_write_is_encoded_as_a_session() -> None:
     assert decode_command(encode_command(put, client_id=3, seq=8)) == session(
         3, 8, Put(key=b"k", value=b"v"), timestamp=42)
     assert decode_command(encode_command(put)) == put
-    with pytest.raises(InvalidArgument, match="already a session"):
+    with pytest.raises(InvalidArgument, match="only a key-value write"):
         encode_command(session(1, 1, Put(key=b"k", value=b"")), client_id=1, seq=1)
     with pytest.raises(InvalidArgument, match="seq"):
         encode_command(put, client_id=3, seq=0)

@@ -21,6 +21,8 @@ Coordination: ``watch`` (an iterator of :class:`WatchResponse` batches of
         ...  # hand ``token`` to whatever the lock protects
 
 The wire protocol both clients speak is documented in :mod:`quorumkv.client.protocol`.
+Nodes whose client ports speak TLS take ``tls=TLSSettings(ca_file=...)`` (and a client
+certificate, ``cert_file``/``key_file``, where they require one); see docs/security.md.
 """
 
 from quorumkv.client.async_client import AsyncClient
@@ -53,6 +55,7 @@ from quorumkv.kv.results import (
     TxnResponse,
     TxnResult,
 )
+from quorumkv.security.tls import TLSSettings
 
 __all__ = [
     "ALL_KEYS",
@@ -86,6 +89,7 @@ __all__ = [
     "RangeRequest",
     "RangeResult",
     "RawClient",
+    "TLSSettings",
     "TxnResponse",
     "TxnResult",
     "Watch",

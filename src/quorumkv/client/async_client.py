@@ -35,6 +35,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from quorumkv.client.auth_admin import AuthAdmin
+from quorumkv.client.auth_session import SignIn
 from quorumkv.client.coordination_wire import (
     LeaseKeepAliveRequest,
     LeaseListRequest,
@@ -98,6 +100,7 @@ from quorumkv.kv.results import (
     TxnResult,
 )
 from quorumkv.kv.validation import check_command, check_range_request
+from quorumkv.security.tls import TLSSettings
 from quorumkv.storage.backup_file import BackupInfo
 from quorumkv.transport.framing import DEFAULT_MAX_FRAME
 
@@ -121,17 +124,25 @@ def _level(consistency: str, what: str) -> str:
     return consistency
 
 
-class AsyncClient:
+class AsyncClient(AuthAdmin):
     """A client of one quorumkv cluster; see the module docstring."""
 
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0,
                  read_consistency: str = "quorum", write_consistency: str = "quorum",
                  cluster_id: object = None, max_frame: int = DEFAULT_MAX_FRAME,
-                 backoff: float = 0.05, max_backoff: float = 1.0) -> None:
+                 backoff: float = 0.05, max_backoff: float = 1.0,
+                 tls: TLSSettings | None = None, user: str | None = None,
+                 password: str | None = None) -> None:
         """``timeout`` bounds each call, retries included. ``cluster_id``, if given,
-        makes the client refuse nodes of any other cluster."""
+        makes the client refuse nodes of any other cluster. ``tls``: how to speak TLS to
+        nodes whose client ports do (docs/security.md). ``user`` and ``password``: whom every
+        connection signs in as, on a cluster with auth enabled (auth_session.py); the
+        password is kept in memory only."""
         if not timeout > 0:
             raise InvalidArgument("timeout must be positive")
+        if (user is None) != (password is None):
+            raise InvalidArgument("give both user and password, or neither")
+        self._sign_in = None if user is None or password is None else SignIn(user, password)
         self._read_consistency = _level(read_consistency, "read_consistency")
         self._write_consistency = _level(write_consistency, "write_consistency")
         # Jitter only needs to differ between clients; it must not draw from
@@ -139,7 +150,8 @@ class AsyncClient:
         jitter = random.Random(secrets.randbits(64))
         self._caller = RetryingCaller(Endpoints(endpoints), timeout=timeout,
                                       cluster_id=cluster_id, max_frame=max_frame,
-                                      backoff=Backoff(backoff, max_backoff, jitter))
+                                      backoff=Backoff(backoff, max_backoff, jitter),
+                                      tls=tls, sign_in=self._sign_in)
         self.client_id = secrets.randbits(63) or 1
         """Random, so clients need no registration; never 0, which means "no deduplication"."""
         self._seq = 0

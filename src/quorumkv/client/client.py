@@ -35,6 +35,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from quorumkv.client.async_client import AsyncClient, KeyLike
+from quorumkv.client.auth_admin import BlockingAuthAdmin
 from quorumkv.client.coordination_wire import WatchResponse
 from quorumkv.client.lease import Lease
 from quorumkv.client.members import DEFAULT_TOKEN, Member, Membership
@@ -51,24 +52,28 @@ from quorumkv.kv.results import (
     RangeResult,
     TxnResult,
 )
+from quorumkv.security.tls import TLSSettings
 from quorumkv.storage.backup_file import BackupInfo
 from quorumkv.transport.framing import DEFAULT_MAX_FRAME
 
 _T = TypeVar("_T")
 
 
-class Client:
+class Client(BlockingAuthAdmin):
     """A blocking client of one quorumkv cluster; see :class:`AsyncClient` for the semantics."""
 
     def __init__(self, endpoints: Sequence[str], *, timeout: float = 5.0,
                  read_consistency: str = "quorum", write_consistency: str = "quorum",
                  cluster_id: object = None, max_frame: int = DEFAULT_MAX_FRAME,
-                 backoff: float = 0.05, max_backoff: float = 1.0) -> None:
+                 backoff: float = 0.05, max_backoff: float = 1.0,
+                 tls: TLSSettings | None = None, user: str | None = None,
+                 password: str | None = None) -> None:
         # Built first, so bad arguments raise before a thread exists.
         self._client = AsyncClient(endpoints, timeout=timeout,
                                    read_consistency=read_consistency,
                                    write_consistency=write_consistency, cluster_id=cluster_id,
-                                   max_frame=max_frame, backoff=backoff, max_backoff=max_backoff)
+                                   max_frame=max_frame, backoff=backoff, max_backoff=max_backoff,
+                                   tls=tls, user=user, password=password)
         self._timeout = timeout
         self._loop = asyncio.new_event_loop()
         self._closed = False

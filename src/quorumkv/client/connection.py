@@ -14,13 +14,16 @@ if the connection fails, the callback gets the NetworkError.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import ssl
 from collections.abc import Callable
 from typing import Any
 
 from quorumkv.client.endpoints import Endpoint, format_endpoint
 from quorumkv.client.protocol import Request, decode_response, encode_request, error_from_wire
 from quorumkv.errors import NetworkError, ProtocolError, QuorumKVError
+from quorumkv.security.tls import TLSSettings
 from quorumkv.transport.framing import FrameDecoder, encode_frame
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,10 @@ _READ_CHUNK = 64 * 1024
 _MAX_REQUEST_ID = (1 << 63) - 1
 _FLUSH_AT = 256 << 10
 """Queued request bytes beyond which drain() sends them at once (see Connection.drain)."""
+_TLS_RECORDS = (b"\x15\x03", b"\x16\x03")
+"""How a TLS alert or handshake record starts: what a TLS port answers plaintext with."""
+_USE_TLS = ("the node's client port likely speaks TLS: connect with TLS (--cacert, or "
+            "tls=TLSSettings(ca_file=...))")
 
 
 StreamHandler = Callable[[dict[str, Any] | QuorumKVError], None]
@@ -42,12 +49,15 @@ def _deliver(handler: StreamHandler, message: dict[str, Any] | QuorumKVError) ->
 
 
 class Connection:
-    __slots__ = ("_failure", "_max_frame", "_next_id", "_out", "_out_bytes", "_pending",
-                 "_reader", "_streams", "_task", "_writer", "endpoint")
+    __slots__ = ("_failure", "_heard", "_max_frame", "_next_id", "_out", "_out_bytes",
+                 "_pending", "_reader", "_streams", "_task", "_tls", "_writer", "endpoint")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                 endpoint: Endpoint, max_frame: int) -> None:
+                 endpoint: Endpoint, max_frame: int, *, tls: bool = False) -> None:
         self.endpoint = endpoint
+        self._tls = tls
+        self._heard = False
+        """Some bytes came from the node: a close after that is no sign of a TLS mismatch."""
         self._reader = reader
         self._writer = writer
         self._max_frame = max_frame
@@ -63,25 +73,47 @@ class Connection:
             self._read_loop(), name=f"quorumkv-client-reader {format_endpoint(endpoint)}")
 
     @classmethod
-    async def open(cls, endpoint: Endpoint, *, max_frame: int) -> Connection:
+    async def open(cls, endpoint: Endpoint, *, max_frame: int,
+                   tls: TLSSettings | None = None) -> Connection:
         host, port = endpoint
+        name = format_endpoint(endpoint)
+        if tls is None:
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+            except OSError as err:  # refused, unreachable, unresolvable: "try another node"
+                raise NetworkError(f"cannot connect to {name}: {err}") from None
+            return cls(reader, writer, endpoint, max_frame)
+        context = tls.context()
         try:
-            reader, writer = await asyncio.open_connection(host, port)
-        except OSError as err:  # refused, unreachable, unresolvable: all "try another node"
-            raise NetworkError(f"cannot connect to {format_endpoint(endpoint)}: {err}") from None
-        return cls(reader, writer, endpoint, max_frame)
+            reader, writer = await asyncio.open_connection(
+                host, port, ssl=context, server_hostname=tls.server_name or host)
+        except ssl.SSLCertVerificationError as err:
+            raise NetworkError(f"TLS: {name}'s certificate is not trusted: "
+                               f"{err.verify_message or err}") from None
+        except ssl.SSLError as err:
+            raise NetworkError(f"TLS handshake with {name} failed: {err.reason or err} "
+                               "(does its client port speak TLS?)") from None
+        except (ConnectionResetError, asyncio.IncompleteReadError, EOFError) as err:
+            # A plaintext port reads our ClientHello as a giant frame and hangs up.
+            raise NetworkError(f"{name} closed the connection during the TLS handshake: "
+                               f"its client port likely does not speak TLS ({err})") from None
+        except OSError as err:
+            raise NetworkError(f"cannot connect to {name}: {err}") from None
+        return cls(reader, writer, endpoint, max_frame, tls=True)
 
     @property
     def closed(self) -> bool:
         return self._failure is not None
 
-    def send(self, req: Request) -> asyncio.Future[dict[str, Any]]:
-        """Write one request and return the future of its result map.
+    def send(self, req: Request, *, token: str | None = None
+             ) -> asyncio.Future[dict[str, Any]]:
+        """Write one request and return the future of its result map; ``token`` makes
+        this one request act as the token's user (a member forwarding a user's request).
 
         Raises before anything is written if the connection is closed or the
         request cannot be encoded, so a caller knows whether it was sent.
         """
-        return self._send(req)[1]
+        return self._send(req, token)[1]
 
     def open_stream(self, req: Request, on_message: StreamHandler,
                     ) -> tuple[int, asyncio.Future[dict[str, Any]]]:
@@ -101,12 +133,13 @@ class Connection:
         """Stop delivering a stream's messages (its watch was cancelled)."""
         self._streams.pop(request_id, None)
 
-    def _send(self, req: Request) -> tuple[int, asyncio.Future[dict[str, Any]]]:
+    def _send(self, req: Request, token: str | None = None,
+              ) -> tuple[int, asyncio.Future[dict[str, Any]]]:
         if self._failure is not None:
             raise NetworkError(self._failure)
         request_id = self._next_id
         self._next_id = 1 if request_id == _MAX_REQUEST_ID else request_id + 1
-        frame = encode_frame(encode_request(request_id, req), self._max_frame)
+        frame = encode_frame(encode_request(request_id, req, token), self._max_frame)
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[request_id] = future
         # A caller that gives up (timeout, cancel) cancels its future; forget it then.
@@ -134,11 +167,13 @@ class Connection:
             await self._writer.drain()
         except OSError as err:  # ConnectionResetError and friends
             message = f"connection to {self._name} lost: {err}"
+            if not self._heard:
+                message += f"; {self._tls_hint()}"
             self._fail(lambda: NetworkError(message))
             raise NetworkError(message) from None
 
-    async def request(self, req: Request) -> dict[str, Any]:
-        future = self.send(req)
+    async def request(self, req: Request, *, token: str | None = None) -> dict[str, Any]:
+        future = self.send(req, token=token)
         await self.drain()
         return await future
 
@@ -148,6 +183,16 @@ class Connection:
         # wait() rather than awaiting the task: a cancellation aimed at our
         # caller must still propagate, and the reader's own end is expected.
         await asyncio.wait([self._task])
+
+    def _tls_hint(self) -> str:
+        """Why a node may drop a new connection without a word: TLS not matching."""
+        if not self._tls:
+            return _USE_TLS
+        # TLS 1.3: a node that wants a client certificate refuses a client without one
+        # only after the client's side of the handshake is done, often without an alert
+        # arriving before the connection ends.
+        return ("if the node requires a client certificate, give one it trusts (--cert/"
+                "--key, or TLSSettings(cert_file=..., key_file=...))")
 
     @property
     def _name(self) -> str:
@@ -198,8 +243,17 @@ class Connection:
             while True:
                 data = await self._reader.read(_READ_CHUNK)
                 if not data:
-                    self._fail(lambda: NetworkError(f"{self._name} closed the connection"))
+                    closed = f"{self._name} closed the connection"
+                    if not self._heard:
+                        closed += f" before answering; {self._tls_hint()}"
+                    self._fail(functools.partial(NetworkError, closed))
                     return
+                if not self._heard:
+                    self._heard = True
+                    if not self._tls and data.startswith(_TLS_RECORDS):
+                        tls_answer = f"{self._name} answered in TLS: {_USE_TLS}"
+                        self._fail(functools.partial(NetworkError, tls_answer))
+                        return
                 for frame in decoder.feed(data):
                     self._dispatch(frame)
         except ProtocolError as err:
@@ -207,8 +261,16 @@ class Connection:
             # frame): the stream can no longer be trusted to line up.
             message = f"{self._name} sent a malformed response: {err.message}"
             self._fail(lambda: ProtocolError(message))
+        except ssl.SSLError as err:
+            # TLS 1.3 finishes the client's side of the handshake before the node checks
+            # the client's certificate: a refusal arrives as the first read's alert.
+            refused = (f"TLS: {self._name} ended the connection: {err.reason or err} (a "
+                       "client certificate it trusts may be required)")
+            self._fail(lambda: NetworkError(refused))
         except OSError as err:
             lost = f"connection to {self._name} lost: {err}"
+            if not self._heard:
+                lost += f"; {self._tls_hint()}"
             self._fail(lambda: NetworkError(lost))
         except Exception:
             # A bug, not the network: say so loudly, and still release every waiter.

@@ -6,6 +6,7 @@ holding one msgpack value. Keys and values are always msgpack binaries.
 Requests and responses::
 
     request   [request_id, op, args]           op a string, args a map with string keys
+              [request_id, op, args, token]    the same, as the token's user (auth_wire.py)
     response  [request_id, true,  result]      result a map, always with a "header"
               [request_id, false, error]       error = QuorumKVError.to_dict():
                                                {"code": str, "message": str, "details": map}
@@ -100,6 +101,16 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 from quorumkv import errors
+from quorumkv.client.auth_wire import (
+    AUTH_OPS,
+    MAX_AUTH_TOKEN_LENGTH,
+    AuthenticateRequest,
+    AuthRequest,
+    AuthTokenRequest,
+    AuthWireRequest,
+    auth_args,
+    parse_auth,
+)
 from quorumkv.client.coordination_wire import (
     COORDINATION_OPS,
     CoordinationRequest,
@@ -134,6 +145,9 @@ __all__ = [
     "PROTOCOL_VERSION",
     "READ_CONSISTENCY",
     "WRITE_CONSISTENCY",
+    "AuthRequest",
+    "AuthTokenRequest",
+    "AuthenticateRequest",
     "DigestRequest",
     "Durable",
     "Header",
@@ -164,6 +178,7 @@ __all__ = [
     "range_result",
     "range_result_from_wire",
     "request_id_of",
+    "request_token",
     "result_from_wire",
     "result_to_wire",
     "unpack_payload",
@@ -176,7 +191,7 @@ WRITE_CONSISTENCY: Final = ("one", "quorum", "all")
 READ_CONSISTENCY: Final = ("one", "session", "quorum", "all")
 OPS: Final = ("write", "range", "status", "hello", "wait_applied", "member_list", "member_add",
               "member_remove", "member_promote", "move_leader", "leave", "digest",
-              "snapshot", *COORDINATION_OPS)
+              "snapshot", *COORDINATION_OPS, *AUTH_OPS)
 MAX_NAME_LENGTH: Final = 64
 MAX_ADDRESS_LENGTH: Final = 300
 MAX_TOKEN_LENGTH: Final = 1024
@@ -271,7 +286,8 @@ class SnapshotRequest:
 Request = (WriteRequest | ReadRequest | StatusRequest | HelloRequest | WaitAppliedRequest
            | MemberListRequest | MemberAddRequest | MemberRemoveRequest | MemberPromoteRequest
            | MoveLeaderRequest
-           | LeaveRequest | DigestRequest | SnapshotRequest | CoordinationRequest)
+           | LeaveRequest | DigestRequest | SnapshotRequest | CoordinationRequest
+           | AuthWireRequest)
 
 
 @dataclass(frozen=True, slots=True)
@@ -306,6 +322,8 @@ def _request_args(req: Request) -> tuple[str, dict[str, Any]]:
         return "snapshot", {}
     if isinstance(req, CoordinationRequest):
         return coordination_args(req)
+    if isinstance(req, (AuthenticateRequest, AuthTokenRequest, AuthRequest)):
+        return auth_args(req)
     return _membership_args(req)
 
 
@@ -330,10 +348,11 @@ def _membership_args(req: MemberListRequest | MemberAddRequest | MemberRemoveReq
     return "member_list", {}
 
 
-def encode_request(request_id: int, req: Request) -> bytes:
-    """The msgpack payload of one request (frame it with ``encode_frame``)."""
+def encode_request(request_id: int, req: Request, token: str | None = None) -> bytes:
+    """The msgpack payload of one request (frame it with ``encode_frame``); ``token``
+    makes this one request act as the token's user (see ``auth_wire.py``)."""
     op, args = _request_args(req)
-    return pack([request_id, op, args])
+    return pack([request_id, op, args] if token is None else [request_id, op, args, token])
 
 
 def unpack_payload(data: bytes) -> object:
@@ -422,11 +441,25 @@ def _parse_membership(op: str, f: FieldReader) -> Request:
     return MemberListRequest()
 
 
+def request_token(obj: object) -> str | None:
+    """The token a request frame carries for itself, if any (after :func:`parse_request`
+    accepted the frame)."""
+    if type(obj) is list and len(obj) == 4:
+        token: str = obj[3]
+        return token
+    return None
+
+
 def parse_request(obj: object) -> tuple[int, Request]:
     """``(request_id, request)`` from a decoded frame; InvalidArgument naming what is wrong."""
-    if type(obj) is not list or len(obj) != 3:
-        raise InvalidArgument("a request is an array [request_id, op, args]")
-    request_id, op, args = obj
+    if type(obj) is not list or len(obj) not in (3, 4):
+        raise InvalidArgument("a request is an array [request_id, op, args] or "
+                              "[request_id, op, args, token]")
+    request_id, op, args = obj[:3]
+    if len(obj) == 4 and (type(obj[3]) is not str or not 0 < len(obj[3])
+                          <= MAX_AUTH_TOKEN_LENGTH):
+        raise InvalidArgument(f"a request's token is a string of 1 to "
+                              f"{MAX_AUTH_TOKEN_LENGTH} characters")
     if not _valid_id(request_id):
         raise InvalidArgument(f"request_id must be an integer between 0 and {MAX_INT64}, "
                               f"not {type_name(request_id)}")
@@ -450,6 +483,8 @@ def parse_request(obj: object) -> tuple[int, Request]:
         req = SnapshotRequest()
     elif op in COORDINATION_OPS:
         req = parse_coordination(op, f)
+    elif op in AUTH_OPS:
+        req = parse_auth(op, f)
     else:
         req = _parse_membership(op, f)
     f.finish()

@@ -18,6 +18,7 @@ from quorumkv.errors import ProtocolError
 from quorumkv.kv.commands import MAX_LEASE_TTL
 from quorumkv.kv.results import (
     Applied,
+    AuthResult,
     CompactResult,
     DeleteResult,
     KeyValue,
@@ -89,6 +90,8 @@ def result_to_wire(result: Result | RangeResult) -> dict[str, Any]:
         return {"type": "lease_grant", "id": result.id, "ttl": result.ttl}
     if isinstance(result, LeaseRevokeResult):
         return {"type": "lease_revoke", "revision": result.revision, "deleted": result.deleted}
+    if isinstance(result, AuthResult):
+        return {"type": "auth", "auth_revision": result.auth_revision}
     raise TypeError(f"not a kv result: {type(result).__name__}")
 
 
@@ -149,6 +152,8 @@ def result_from_wire(obj: object) -> Result | RangeResult:
         if lease_id == 0 or ttl == 0:
             raise f.fail("a lease's id and ttl are at least 1")
         return LeaseGrantResult(id=lease_id, ttl=ttl)
+    if kind == "auth":
+        return AuthResult(auth_revision=f.integer("auth_revision"))
     revision = f.integer("revision")
     if kind == "put":
         prev = f.raw("prev_kv")

@@ -32,30 +32,40 @@ from __future__ import annotations
 import asyncio
 from typing import Any, NoReturn
 
+from quorumkv.client.auth_session import SignIn
 from quorumkv.client.connection import Connection
 from quorumkv.client.endpoints import Backoff, Endpoint, Endpoints, format_endpoint, parse_endpoint
 from quorumkv.client.fields import brief
 from quorumkv.client.protocol import PROTOCOL_VERSION, HelloRequest, Request, WriteRequest
 from quorumkv.errors import (
     InvalidArgument,
+    InvalidToken,
     NetworkError,
     NotLeader,
     ProposalDropped,
     Timeout,
+    Unauthenticated,
     UnavailableError,
 )
+from quorumkv.security.tls import TLSSettings
 
 CONNECT_TIMEOUT = 2.0
 """Seconds for a node to accept a connection and answer hello before the next is tried."""
 
 
 class RetryingCaller:
-    __slots__ = ("_backoff", "_closed", "_cluster_id", "_conn", "_endpoints", "_lock",
-                 "_max_frame", "_timeout", "server_info")
+    __slots__ = ("_backoff", "_closed", "_cluster_id", "_conn", "_conn_token", "_endpoints",
+                 "_lock", "_max_frame", "_sign_in", "_timeout", "_tls", "server_info")
 
     def __init__(self, endpoints: Endpoints, *, timeout: float, cluster_id: object,
-                 max_frame: int, backoff: Backoff) -> None:
+                 max_frame: int, backoff: Backoff, tls: TLSSettings | None = None,
+                 sign_in: SignIn | None = None) -> None:
         self._endpoints = endpoints
+        self._tls = tls
+        self._sign_in = sign_in
+        """Who every connection signs in as before its first request (auth_session.py)."""
+        self._conn_token: str | None = None
+        """The token ``_conn`` is signed in with (None: none, auth being off)."""
         self._timeout = timeout
         self._cluster_id = cluster_id
         self._max_frame = max_frame
@@ -74,20 +84,33 @@ class RetryingCaller:
         if conn is not None:
             await conn.close()
 
-    async def call(self, req: Request) -> dict[str, Any]:
-        """The result map of ``req``, retried within the timeout; raises the node's error."""
+    async def call(self, req: Request, *, at_most_once: bool = False) -> dict[str, Any]:
+        """The result map of ``req``, retried within the timeout; raises the node's error.
+
+        ``at_most_once``: a change that carries no sequence number (a user or role
+        change), so a node cannot tell a resend from a second request: it is resent
+        only after a node refused it (NotLeader, ProposalDropped, a token refused), and
+        an attempt that may have run ends the call with Timeout (outcome unknown).
+        """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._timeout
         sent = maybe_applied = False
         failures = 0
         quick_moves = len(self._endpoints)
         last: UnavailableError | None = None
+        signed_in_again = False
+        stale: tuple[Connection, str | None] | None = None
         while not self._closed and loop.time() < deadline:
             conn: Connection | None = None
             attempt_sent = False
+            token: str | None = None
             try:
                 async with asyncio.timeout_at(deadline):
                     conn = await self._connection()
+                    if stale is not None:
+                        await self._sign_in_again(*stale)
+                        stale = None
+                    token = self._conn_token
                     future = conn.send(req)
                     sent = attempt_sent = True
                     await conn.drain()
@@ -99,19 +122,31 @@ class RetryingCaller:
                     # must not hold the next calls too: they start on another node.
                     await self._drop(conn, None)
                 break
+            except (InvalidToken, Unauthenticated) as err:
+                # The node refused it before running it (the token expired or was revoked,
+                # or auth was enabled since the connection opened): sign the connection in
+                # again with the password, and send it once more.
+                if self._sign_in is None or signed_in_again or conn is None or not err.remote:
+                    raise
+                signed_in_again = True
+                stale = (conn, token)
+                continue
             except UnavailableError as err:
                 last = err
                 # Only a node's own refusal proves this attempt never entered the log.
                 refused = err.remote and isinstance(err, (NotLeader, ProposalDropped))
                 maybe_applied |= attempt_sent and not refused
                 moved = await self._after_failure(conn, err)
+                if at_most_once and maybe_applied:
+                    break  # it may have run: not resent (see the docstring)
             failures += 1
             if moved and quick_moves > 0:
                 quick_moves -= 1
                 continue
             await asyncio.sleep(max(0.0, min(self._backoff.delay(failures),
                                              deadline - loop.time())))
-        self._give_up(req, sent=sent, maybe_applied=maybe_applied, last=last)
+        self._give_up(req, sent=sent, maybe_applied=maybe_applied, last=last,
+                      at_most_once=at_most_once)
 
     async def stream_connection(self) -> Connection:
         """A live connection for a stream (a watch), trying the endpoints in turn with
@@ -145,7 +180,7 @@ class RetryingCaller:
         return True
 
     def _give_up(self, req: Request, *, sent: bool, maybe_applied: bool,
-                 last: UnavailableError | None) -> NoReturn:
+                 last: UnavailableError | None, at_most_once: bool = False) -> NoReturn:
         if self._closed:
             raise NetworkError("the client is closed")
         why = f" (last error: {last.message})" if last is not None else ""
@@ -153,7 +188,7 @@ class RetryingCaller:
         if not sent:
             raise NetworkError(f"could not reach the cluster {within}; the request was never "
                                f"sent{why}")
-        if not isinstance(req, WriteRequest):
+        if not isinstance(req, WriteRequest) and not at_most_once:
             raise Timeout(f"no answer {within}{why}")
         if maybe_applied:
             raise Timeout(f"write not confirmed {within}; its outcome is unknown: it may or "
@@ -179,6 +214,11 @@ class RetryingCaller:
         async with self._lock:
             conn = self._conn
             if conn is not None and not conn.closed:
+                if self._sign_in is not None and self._conn_token is not None \
+                        and not self._sign_in.lasts(self._conn_token):
+                    # Its token is running out: sign in again now, before a stream (a watch,
+                    # a backup) that takes the connection as it is gets refused.
+                    self._conn_token = await self._signed_in(conn, renew=True)
                 return conn
             if conn is not None:
                 self._conn = None
@@ -189,7 +229,8 @@ class RetryingCaller:
                     # A frozen node still completes TCP handshakes (the kernel does):
                     # only an answer to hello shows someone is there.
                     async with asyncio.timeout(CONNECT_TIMEOUT):
-                        conn = await Connection.open(endpoint, max_frame=self._max_frame)
+                        conn = await Connection.open(endpoint, max_frame=self._max_frame,
+                                                     tls=self._tls)
                         try:
                             await self._hello(conn)
                         except BaseException:
@@ -198,6 +239,9 @@ class RetryingCaller:
                 except TimeoutError:
                     raise NetworkError(f"{format_endpoint(endpoint)} did not answer within "
                                        f"{CONNECT_TIMEOUT:g}s") from None
+                # Outside CONNECT_TIMEOUT: a password check costs the node a deliberately
+                # slow hash, and a read barrier, which a busy node may take a while for.
+                token = await self._signed_in(conn, renew=False)
             except NetworkError:
                 self._endpoints.rotate_from(endpoint)
                 raise
@@ -205,7 +249,40 @@ class RetryingCaller:
                 await conn.close()
                 raise NetworkError("the client is closed")
             self._conn = conn
+            self._conn_token = token
             return conn
+
+    async def _signed_in(self, conn: Connection, *, renew: bool) -> str | None:
+        """Sign ``conn`` in (``renew``: with the password); its token. The connection is
+        closed if that fails: it must never serve requests as nobody by accident."""
+        if self._sign_in is None:
+            return None
+        try:
+            try:
+                async with asyncio.timeout(max(self._timeout, CONNECT_TIMEOUT)):
+                    if renew:
+                        return await self._sign_in.authenticate(conn)
+                    return await self._sign_in.sign_in(conn)
+            except TimeoutError:
+                raise NetworkError(f"{format_endpoint(conn.endpoint)} did not answer the "
+                                   f"sign-in within {max(self._timeout, CONNECT_TIMEOUT):g}s"
+                                   ) from None
+        except BaseException:
+            if self._conn is conn:
+                self._conn = None
+                self._conn_token = None
+            await conn.close()
+            raise
+
+    async def _sign_in_again(self, conn: Connection, refused: str | None) -> None:
+        """A request on ``conn``, signed in with the token ``refused``, was refused for its
+        token: sign ``conn`` in again with the password, once however many were refused."""
+        async with self._lock:
+            if self._conn is not conn or conn.closed:
+                return  # replaced: the new connection signed in as it opened
+            if self._conn_token != refused:
+                return  # another refused request has signed it in again already
+            self._conn_token = await self._signed_in(conn, renew=True)
 
     async def _hello(self, conn: Connection) -> None:
         """Check the node speaks our protocol and belongs to the expected cluster."""

@@ -10,6 +10,8 @@
     Session      [6, client_id, seq, command, timestamp]   command: tag 1-4, 7 or 8, timestamp 0
     LeaseGrant   [7, id, ttl, timestamp]
     LeaseRevoke  [8, id, timestamp]
+    AuthChange   [9, action, name, role, password_hash, perm, key, range_end, secret, timestamp]
+    Authorized   [10, user|nil, command]     command: a write, a Session or an AuthChange
     compare      [key, range_end, target, op, value]
 
 Keys and values are msgpack binaries, never strings. The bytes come from the
@@ -26,6 +28,8 @@ from typing import Any
 
 from quorumkv.errors import InvalidArgument
 from quorumkv.kv.commands import (
+    AuthChange,
+    Authorized,
     Command,
     Compact,
     Compare,
@@ -45,6 +49,7 @@ from quorumkv.kv.validation import check_command
 
 _PUT, _DELETE, _TXN, _COMPACT, _RANGE, _SESSION = 1, 2, 3, 4, 5, 6
 _LEASE_GRANT, _LEASE_REVOKE = 7, 8
+_AUTH_CHANGE, _AUTHORIZED = 9, 10
 _WRITES = (Put, DeleteRange, Txn, Compact, LeaseGrant, LeaseRevoke)
 
 
@@ -69,10 +74,16 @@ def _op_fields(op: Command | TxnOp) -> list[Any]:
         return [_LEASE_REVOKE, op.id, op.timestamp]
     if isinstance(op, Session):
         return [_SESSION, op.client_id, op.seq, _op_fields(op.command), op.timestamp]
+    if isinstance(op, AuthChange):
+        return [_AUTH_CHANGE, op.action, op.name, op.role, op.password_hash, op.perm, op.key,
+                op.range_end, op.secret, op.timestamp]
+    if isinstance(op, Authorized):
+        return [_AUTHORIZED, op.user, _op_fields(op.command)]
     raise InvalidArgument(f"not a command: {type(op).__name__}")
 
 
-def encode_command(cmd: Command, *, client_id: int = 0, seq: int = 0) -> bytes:
+def encode_command(cmd: Command, *, client_id: int = 0, seq: int = 0,
+                   user: str | bool | None = False) -> bytes:
     """The bytes a log entry carries for ``cmd`` (which must be well formed).
 
     With a ``client_id`` (not 0), the entry is the client's write number
@@ -80,12 +91,20 @@ def encode_command(cmd: Command, *, client_id: int = 0, seq: int = 0) -> bytes:
     (which takes over its timestamp), and the store applies it at most once
     however often the client retries it (thesis §6.3). ``cmd`` must not be a
     Session already.
+
+    ``user`` (a name, or None for no user; False leaves it out) wraps the
+    entry in an :class:`~quorumkv.kv.commands.Authorized`: how every client
+    write is logged.
     """
     if client_id != 0:
-        if isinstance(cmd, Session):
-            raise InvalidArgument("the command is already a session")
+        if isinstance(cmd, (Session, AuthChange, Authorized)):
+            raise InvalidArgument("only a key-value write can be a client's numbered write")
         cmd = Session(client_id=client_id, seq=seq, command=replace(cmd, timestamp=0),
                       timestamp=cmd.timestamp)
+    if user is not False:
+        if isinstance(cmd, Authorized):
+            raise InvalidArgument("the command is already authorized")
+        cmd = Authorized(user=user if isinstance(user, str) else None, command=cmd)
     check_command(cmd)
     return pack(_op_fields(cmd))
 
@@ -113,7 +132,8 @@ def _compare(obj: object) -> Compare:
     return Compare(key=key, range_end=range_end, target=target_enum, op=op_enum, value=value)
 
 
-def _decode(obj: object, *, top_level: bool, in_session: bool = False) -> Command | TxnOp:
+def _decode(obj: object, *, top_level: bool, in_session: bool = False,
+            in_authorized: bool = False) -> Command | TxnOp:
     items = _list(obj, "command")
     if not items or type(items[0]) is not int:
         raise InvalidArgument("malformed command: missing tag")
@@ -143,6 +163,17 @@ def _decode(obj: object, *, top_level: bool, in_session: bool = False) -> Comman
     if tag == _LEASE_REVOKE and top_level:
         _, lease_id, timestamp = _fields(items, 3, "lease revoke")
         return LeaseRevoke(id=lease_id, timestamp=timestamp)
+    if tag == _AUTH_CHANGE and top_level and not in_session:
+        (_, action, name, role, password_hash, perm, key, range_end, secret,
+         timestamp) = _fields(items, 10, "auth change")
+        return AuthChange(action=action, name=name, role=role, password_hash=password_hash,
+                          perm=perm, key=key, range_end=range_end, secret=secret,
+                          timestamp=timestamp)
+    if tag == _AUTHORIZED and top_level and not in_session and not in_authorized:
+        _, user, inner = _fields(items, 3, "authorized")
+        command = _decode(inner, top_level=True, in_authorized=True)
+        assert isinstance(command, (*_WRITES, Session, AuthChange))
+        return Authorized(user=user, command=command)
     if tag == _SESSION and top_level and not in_session:
         _, client_id, seq, inner, timestamp = _fields(items, 5, "session")
         command = _decode(inner, top_level=True, in_session=True)
@@ -164,6 +195,6 @@ def decode_command(data: bytes) -> Command:
     except ValueError as err:
         raise InvalidArgument(f"malformed command: {err}") from err
     cmd = _decode(obj, top_level=True)
-    assert isinstance(cmd, (*_WRITES, Session))
+    assert isinstance(cmd, (*_WRITES, Session, AuthChange, Authorized))
     check_command(cmd)
     return cmd

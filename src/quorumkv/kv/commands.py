@@ -23,7 +23,7 @@ that decides expiry: the leader decides it and proposes the revoke.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from quorumkv.kv.keys import prefix_end
 
@@ -193,5 +193,52 @@ class Session:
     timestamp: int = 0
 
 
-Command = Write | Session
+AUTH_ACTIONS = frozenset({
+    "enable", "disable", "user_add", "user_delete", "user_passwd", "user_grant_role",
+    "user_revoke_role", "role_add", "role_delete", "role_grant", "role_revoke"})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthChange:
+    """A change to users, roles or the auth switch (``auth.py`` applies it).
+
+    The proposing node fills in what must not be computed while applying:
+    ``password_hash`` (salted scrypt, never the password) and, for
+    ``enable``, the token-signing ``secret``. Clients never send one: the
+    node builds it from an auth request.
+    """
+
+    action: str
+    """One of :data:`AUTH_ACTIONS`."""
+    name: str = ""
+    """The user (user_* actions)."""
+    role: str = ""
+    password_hash: str = field(default="", repr=False)
+    perm: int = 0
+    """role_grant: a PermType."""
+    key: bytes = b""
+    range_end: bytes | None = None
+    secret: bytes = field(default=b"", repr=False)
+    timestamp: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Authorized:
+    """A client's write with the user it came from (None: no user signed in).
+
+    The store checks the user's permissions again when it applies the
+    entry, against the auth state at that point of the log (``auth.py``).
+    Built by the node, never sent by a client. The timestamp is the inner
+    command's.
+    """
+
+    user: str | None
+    command: Write | Session | AuthChange
+
+    @property
+    def timestamp(self) -> int:
+        return self.command.timestamp
+
+
+Command = Write | Session | AuthChange | Authorized
 """What a normal log entry carries."""

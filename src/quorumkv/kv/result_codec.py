@@ -13,6 +13,7 @@ first::
     RangeResult    [5, revision, count, more, [kv...]]       (a txn response only)
     LeaseGrantResult   [6, id, ttl]
     LeaseRevokeResult  [7, revision, deleted]
+    AuthResult         [8, auth_revision]
     error          [0, code, message, {name: value}]         a RequestError, by its code
     kv             [key, value, create_revision, mod_revision, version, lease, timestamp]
 
@@ -28,6 +29,7 @@ from quorumkv.errors import ERRORS_BY_CODE, RequestError, StorageError
 from quorumkv.kv.packing import pack, unpack
 from quorumkv.kv.records import kv_fields, kv_from_fields
 from quorumkv.kv.results import (
+    AuthResult,
     CompactResult,
     DeleteResult,
     KeyValue,
@@ -43,8 +45,8 @@ from quorumkv.kv.results import (
 RecordedOutcome: TypeAlias = Result | RequestError
 
 _ERROR, _PUT, _DELETE, _TXN, _COMPACT, _RANGE = 0, 1, 2, 3, 4, 5
-_LEASE_GRANT, _LEASE_REVOKE = 6, 7
-_RESULTS = (PutResult, DeleteResult, TxnResult, CompactResult, LeaseGrantResult,
+_LEASE_GRANT, _LEASE_REVOKE, _AUTH = 6, 7, 8
+_RESULTS = (AuthResult, PutResult, DeleteResult, TxnResult, CompactResult, LeaseGrantResult,
             LeaseRevokeResult)
 
 _WHAT = "session result"
@@ -72,6 +74,8 @@ def _result_fields(result: Result | TxnResponse) -> list[Any]:
         return [_LEASE_GRANT, result.id, result.ttl]
     if isinstance(result, LeaseRevokeResult):
         return [_LEASE_REVOKE, result.revision, result.deleted]
+    if isinstance(result, AuthResult):
+        return [_AUTH, result.auth_revision]
     return [_COMPACT, result.revision, result.compact_revision]
 
 
@@ -151,6 +155,9 @@ def _decode_result(obj: object, *, in_txn: bool) -> Result | TxnResponse:
     if tag == _LEASE_REVOKE and not in_txn:
         _, revision, deleted = _items(obj, 3)
         return LeaseRevokeResult(revision=_int(revision), deleted=_int(deleted))
+    if tag == _AUTH and not in_txn:
+        _, auth_revision = _items(obj, 2)
+        return AuthResult(auth_revision=_int(auth_revision))
     raise _corrupt(f"unexpected tag {tag}")
 
 

@@ -111,8 +111,16 @@ class LeaseRevokeResult:
     """Keys deleted: those attached to the lease."""
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AuthResult:
+    """An applied auth change (users, roles, the switch); keys are untouched."""
+
+    auth_revision: int
+    """Auth changes applied so far, this one included."""
+
+
 Result = (PutResult | DeleteResult | TxnResult | CompactResult | LeaseGrantResult
-          | LeaseRevokeResult)
+          | LeaseRevokeResult | AuthResult)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

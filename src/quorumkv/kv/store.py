@@ -37,9 +37,18 @@ from typing import TypeAlias
 
 import lmdb
 
-from quorumkv.errors import DataDirError, RequestError, StorageError
+from quorumkv.errors import DataDirError, PermissionDenied, RequestError, StorageError
 from quorumkv.kv.applier import Applier
-from quorumkv.kv.commands import Command, RangeRequest, Session, Write
+from quorumkv.kv.auth import AuthTable, AuthView, needs_of
+from quorumkv.kv.commands import (
+    AuthChange,
+    Authorized,
+    Command,
+    LeaseRevoke,
+    RangeRequest,
+    Session,
+    Write,
+)
 from quorumkv.kv.environment import (
     DATA_FILE,
     attach,
@@ -72,7 +81,14 @@ from quorumkv.kv.records import (
     encode_kv,
     encode_state,
 )
-from quorumkv.kv.results import AlreadyApplied, Applied, Event, KeyValue, RangeResult
+from quorumkv.kv.results import (
+    AlreadyApplied,
+    Applied,
+    AuthResult,
+    Event,
+    KeyValue,
+    RangeResult,
+)
 from quorumkv.kv.sessions import SessionPolicy, SessionTable
 from quorumkv.kv.validation import check_command, check_lease_id, check_range_request
 from quorumkv.kv.watch_history import events_between
@@ -104,6 +120,8 @@ class KVStore:
         self._temporary = temporary
         self._policy = sessions
         self._env: lmdb.Environment | None = None
+        self._auth_epoch = 0
+        """Bumped when a batch holding an auth change commits (see auth_view)."""
         self._attach(create=True)
 
     def _attach(self, *, create: bool) -> None:
@@ -119,6 +137,13 @@ class KVStore:
         self._meta = attached.meta_db
         self._leases = LeaseIndex(attached.meta_db)
         self._sessions = SessionTable(attached.sessions_db, self._policy)
+        self._auth = AuthTable(attached.meta_db)
+        self._auth_cache: tuple[int, AuthView] | None = None
+        """(epoch, the committed auth state) for readers, read once per change (every
+        request checks it)."""
+        self._apply_view: AuthView | None = None
+        """The auth state as of the entries applied so far, for the applying thread only:
+        it may run ahead of what is committed to LMDB while a batch is open."""
         self._state = attached.state
 
     # -- opening and closing ------------------------------------------------
@@ -274,8 +299,14 @@ class KVStore:
                 if state.conf_state != self._state.conf_state:
                     txn.put(CONF_KEY, encode_conf(state.conf_state), db=self._meta)
                 txn.commit()
+                if any(isinstance(o, Applied) and isinstance(o.result, AuthResult)
+                       for o in outcomes):
+                    # A reader on another thread may have cached the state before this
+                    # commit while the batch ran (auth_view): that view is stale now.
+                    self._auth_epoch += 1
             except BaseException:
                 txn.abort()
+                self._apply_view = None  # it may hold what the aborted batch changed
                 raise
         self._state = state
         return outcomes
@@ -296,9 +327,58 @@ class KVStore:
             return err, state
         # The log's time never goes back, whichever leader stamped it.
         now = max(state.clock, payload.timestamp)
+        if isinstance(payload, Authorized):
+            try:
+                self._authorize(txn, payload)
+            except RequestError as err:
+                return err, replace(state, clock=now)
+            payload = payload.command
+        if isinstance(payload, AuthChange):
+            try:
+                revision = self._auth.apply(txn, self._view(txn), payload)
+            except RequestError as err:
+                return err, replace(state, clock=now)
+            self._apply_view = None
+            return (Applied(index=index, result=AuthResult(auth_revision=revision)),
+                    replace(state, clock=now))
         if isinstance(payload, Session):
             return self._apply_session(txn, state, index, payload, now)
         return self._apply_write(txn, state, index, payload, payload.timestamp, now)
+
+    def _view(self, txn: Txn) -> AuthView:
+        if self._apply_view is None:
+            self._apply_view = self._auth.view(txn)
+        return self._apply_view
+
+    def _authorize(self, txn: Txn, cmd: Authorized) -> None:
+        """The user's permission for ``cmd`` at this point of the log (``auth.py``)."""
+        view = self._view(txn)
+        if not view.enabled:
+            return
+        inner = cmd.command.command if isinstance(cmd.command, Session) else cmd.command
+        if isinstance(inner, AuthChange):
+            if cmd.user is None or not view.is_root(cmd.user):
+                view.check(cmd.user, [])  # Unauthenticated, or a user that is gone
+                raise PermissionDenied("only a user with the role 'root' may change users, "
+                                       "roles or auth", user=cmd.user)
+            return
+        lease_keys = (self._leases.keys(txn, inner.id) if isinstance(inner, LeaseRevoke)
+                      else ())
+        view.check(cmd.user, needs_of(inner, lease_keys))
+
+    def auth_view(self) -> AuthView:
+        """Users, roles and the auth switch as of the last applied entry."""
+        # apply_batch runs in a worker thread: a view read before an auth change
+        # committed carries the epoch it was read in, and is not used once that moved on.
+        # One tuple assignment, so no lock (this package imports no threading).
+        cached = self._auth_cache
+        if cached is not None and cached[0] == self._auth_epoch:
+            return cached[1]
+        epoch = self._auth_epoch
+        with lmdb_errors("reading"), self._live_env().begin() as txn:
+            view = self._auth.view(txn)
+        self._auth_cache = (epoch, view)
+        return view
 
     def _record_member(self, txn: Txn, change: MembershipChange) -> None:
         key = member_key(change.node_id)
@@ -464,6 +544,13 @@ class KVStore:
                     digest.update(pack(b"leases"))
                     marked = True
                 digest.update(pack([key, value]))
+            # Likewise auth records, after their own marker.
+            marked = False
+            for key, value in self._auth.items(txn):
+                if not marked:
+                    digest.update(pack(b"auth"))
+                    marked = True
+                digest.update(pack([key, value]))
         return digest.hexdigest()
 
     def session_count(self) -> int:
@@ -523,6 +610,8 @@ class KVStore:
             if self._durable:
                 flush_copy(staging)
             self._close_env()
+            self._apply_view = None
+            self._auth_epoch += 1
             with lmdb_errors(f"restoring from {path}"):
                 (staging / DATA_FILE).replace(self._path / DATA_FILE)
         finally:

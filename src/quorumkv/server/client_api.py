@@ -31,7 +31,11 @@ half frame (slow loris) holds no buffer and no connection slot for long. A
 connection with no incomplete frame may stay idle for ever: clients keep
 idle connections, and a watch is one. So a connection buffers at most
 ``max_frame`` bytes of an incomplete request (plus one read chunk), and runs
-at most ``max_inflight`` requests.
+at most ``max_inflight`` requests. :class:`ClientLimits` adds per-client
+bounds (docs/security.md): connections from one address (refused like those
+beyond ``max_connections``), leases granted through one connection and still
+alive, and a request rate per connection (a token bucket; a request finding
+it empty is answered RateLimited at once, never queued).
 
 Streams. A watch's later answers are written by the node's watch hub; a
 snapshot's (a backup, ``client/snapshot.py``) by the request's own task, one
@@ -50,9 +54,12 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Callable
-from typing import Any, Protocol
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
+from ssl import SSLContext
+from typing import TYPE_CHECKING, Any, Protocol
 
+from quorumkv.client.auth_wire import AuthenticateRequest, AuthRequest, AuthTokenRequest
 from quorumkv.client.coordination_wire import (
     LeaseKeepAliveRequest,
     LeaseListRequest,
@@ -80,19 +87,27 @@ from quorumkv.client.protocol import (
     encode_response,
     parse_request,
     request_id_of,
+    request_token,
     unpack_payload,
 )
 from quorumkv.client.snapshot import chunk_to_wire
 from quorumkv.errors import (
     InvalidArgument,
+    NotBuiltYet,
     QuorumKVError,
     ResourceExhausted,
     StorageError,
     UnavailableError,
 )
-from quorumkv.kv.commands import Command, RangeRequest
+from quorumkv.kv.commands import Command, LeaseGrant, LeaseRevoke, RangeRequest
 from quorumkv.kv.validation import Limits, check_key_size, validate
+from quorumkv.security.tls import connection_cert_user
+from quorumkv.server.client_auth import ClientAuth, ConnectionAuth
+from quorumkv.server.rate_limit import TokenBucket, rate_limited
 from quorumkv.transport.framing import FrameDecoder, FrameTooLarge, encode_frame
+
+if TYPE_CHECKING:
+    from quorumkv.server.config import NodeConfig
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +118,24 @@ SNAPSHOT_CHUNK = 1 << 20
 """Bytes of a backup per frame (less if frames are smaller): few frames, little memory."""
 _FRAME_OVERHEAD = 256
 """Room in a frame for a chunk's map around its bytes."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ClientLimits:
+    """What one client may hold of the node: NodeConfig's settings of the same names
+    (docs/security.md). None turns a limit off."""
+
+    max_connections_per_address: int | None = None
+    max_leases_per_connection: int = 10_000
+    max_requests_per_s: float | None = None
+    max_request_burst: int = 1000
+
+    @classmethod
+    def of(cls, config: NodeConfig) -> ClientLimits:
+        return cls(max_connections_per_address=config.max_connections_per_address,
+                   max_leases_per_connection=config.max_leases_per_connection,
+                   max_requests_per_s=config.max_requests_per_s,
+                   max_request_burst=config.max_request_burst)
 
 
 class SnapshotSource(Protocol):
@@ -144,7 +177,7 @@ class KVService(Protocol):
     """
 
     async def write(self, cmd: Command, *, consistency: str, client_id: int,
-                    seq: int) -> dict[str, Any]: ...
+                    seq: int, user: str | None = None) -> dict[str, Any]: ...
 
     async def range(self, req: RangeRequest, *, consistency: str,
                     min_revision: int, min_index: int = 0) -> dict[str, Any]: ...
@@ -179,6 +212,10 @@ class KVService(Protocol):
 
     async def lease_list(self) -> dict[str, Any]: ...
 
+    async def leases_granted(self, ids: Collection[int]) -> set[int]:
+        """Those of ``ids`` that are granted now (neither revoked nor expired)."""
+        ...
+
 
 class MembershipService(Protocol):
     """Membership changes (server/membership.py); each checks the cluster token."""
@@ -198,14 +235,20 @@ class MembershipService(Protocol):
 class _Connection:
     """One client connection's state, shared by its reader and request tasks."""
 
-    __slots__ = ("closers", "done", "handler", "out", "out_bytes", "peer", "reader",
-                 "reader_task", "slots", "writer")
+    __slots__ = ("auth", "bucket", "cert_user", "closers", "done", "handler", "lease_lock",
+                 "leases", "leases_pending", "out", "out_bytes", "peer", "reader", "reader_task",
+                 "slots", "writer")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  max_inflight: int) -> None:
         self.reader = reader
         self.writer = writer
         self.peer = str(writer.get_extra_info("peername"))
+        self.cert_user: str | None = connection_cert_user(writer)
+        """The common name of the client's verified certificate (None: no TLS, or no
+        certificate); with authentication on, the user it signs in as."""
+        self.auth = ConnectionAuth(self.cert_user)
+        """Who the connection has signed in as (server/client_auth.py)."""
         self.slots = asyncio.Semaphore(max_inflight)
         self.handler = asyncio.current_task()
         self.reader_task: asyncio.Task[None] | None = None
@@ -215,6 +258,13 @@ class _Connection:
         self.out: list[bytes] = []
         """Answers queued to go out together at the end of this loop iteration."""
         self.out_bytes = 0
+        self.bucket: TokenBucket | None = None
+        """The request rate limit's bucket; None when there is no limit."""
+        self.leases: set[int] = set()
+        """Leases granted through this connection, some perhaps revoked or expired since."""
+        self.leases_pending = 0
+        """Grants in flight: counted against the limit until they are answered."""
+        self.lease_lock: asyncio.Lock | None = None
 
     def queue(self, frame: bytes) -> None:
         """Send ``frame`` with whatever else is answered in this loop iteration: one
@@ -284,8 +334,9 @@ class _Stream:
 class ClientServer:
     def __init__(self, service: KVService, *, host: str, port: int, max_frame: int = 4 << 20,
                  limits: Limits, max_inflight: int = 1024, max_connections: int = 1024,
-                 frame_timeout: float = 30.0, observe: RequestObserver | None = None
-                 ) -> None:
+                 frame_timeout: float = 30.0, observe: RequestObserver | None = None,
+                 client_limits: ClientLimits | None = None,
+                 ssl: SSLContext | None = None, auth: ClientAuth | None = None) -> None:
         """``max_inflight`` bounds the requests one connection may have in flight;
         beyond it the server stops reading that connection until some finish.
         ``max_connections`` bounds the connections served at once; ``frame_timeout``
@@ -300,8 +351,17 @@ class ClientServer:
         self._max_connections = max_connections
         self._frame_timeout = frame_timeout
         self._observe = observe
+        self._ssl = ssl
+        self._auth = auth
+        """Users and permissions; None serves everyone (a service without auth)."""
+        """TLS only when set (security/tls.py server_context); plaintext is refused in the
+        handshake, which asyncio ends without a word (an SSLError is an OSError)."""
+        self._client_limits = client_limits or ClientLimits()
+        self._per_address: dict[str, int] = {}
+        """Connections open per client address, kept only if they are limited."""
         self.refused_connections = 0
-        """Connections turned away because ``max_connections`` were open."""
+        """Connections turned away because ``max_connections`` were open, or
+        ``max_connections_per_address`` from their address."""
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._closing = False
@@ -312,7 +372,8 @@ class ClientServer:
         return len(self._connections)
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self._host, self.port)
+        self._server = await asyncio.start_server(self._handle, self._host, self.port,
+                                                  ssl=self._ssl)
         self.port = self._server.sockets[0].getsockname()[1]
 
     async def close(self, *, grace: float | None = None) -> None:
@@ -345,31 +406,51 @@ class ClientServer:
             writer.close()
             return
         if len(self._connections) >= self._max_connections:
-            await self._refuse(writer)
+            await self._refuse(writer, ResourceExhausted(
+                f"the node serves {len(self._connections)} client connections, its limit "
+                f"(max_client_connections {self._max_connections}); retry later or "
+                f"elsewhere", limit=self._max_connections))
             return
+        limits = self._client_limits
+        per_address = limits.max_connections_per_address
+        address = ""
+        if per_address is not None:
+            address = _address_of(writer)
+            open_here = self._per_address.get(address, 0)
+            if open_here >= per_address:
+                await self._refuse(writer, ResourceExhausted(
+                    f"the node serves {open_here} client connections from {address}, the "
+                    f"limit for one address (max_connections_per_address {per_address}); "
+                    f"close some or retry later", limit=per_address))
+                return
         conn = _Connection(reader, writer, self._max_inflight)
+        if limits.max_requests_per_s is not None:
+            conn.bucket = TokenBucket(limits.max_requests_per_s, limits.max_request_burst,
+                                      time.monotonic())
         self._connections.add(conn)
+        if per_address is not None:  # here, so the finally below always undoes it
+            self._per_address[address] = self._per_address.get(address, 0) + 1
         try:
             async with asyncio.TaskGroup() as tasks:
                 conn.reader_task = tasks.create_task(self._read_loop(conn, tasks))
         finally:
             self._connections.discard(conn)
+            if per_address is not None:
+                left = self._per_address.pop(address) - 1
+                if left:
+                    self._per_address[address] = left
             conn.flush()
             writer.close()
             conn.closed()
             conn.done.set()
 
-    async def _refuse(self, writer: asyncio.StreamWriter) -> None:
+    async def _refuse(self, writer: asyncio.StreamWriter, err: ResourceExhausted) -> None:
         """Turn a connection away: one ResourceExhausted answer (id 0), then close."""
         self.refused_connections += 1
         if self.refused_connections == 1 or self.refused_connections % 1000 == 0:
-            log.warning("refusing client connection %s: %d connections open, the limit "
-                        "(%d refused so far)", writer.get_extra_info("peername"),
-                        len(self._connections), self.refused_connections)
-        err = ResourceExhausted(f"the node serves {len(self._connections)} client "
-                                f"connections, its limit (max_client_connections "
-                                f"{self._max_connections}); retry later or elsewhere",
-                                limit=self._max_connections)
+            log.warning("refusing client connection %s: %s (%d refused so far)",
+                        writer.get_extra_info("peername"), err.message,
+                        self.refused_connections)
         try:
             writer.write(encode_frame(encode_error_response(0, err), self._max_frame))
             async with asyncio.timeout(1.0):  # a refused client gets no more of our time
@@ -432,23 +513,44 @@ class ClientServer:
                 return False
             await conn.send(encode_frame(encode_error_response(bad_id, err), self._max_frame))
             return True
+        # Before the fast path below, so that it too is counted.
+        if conn.bucket is not None and self._over_rate(conn, request_id, req):
+            if conn.queued_bytes() > _WRITE_HIGH_WATER:
+                await conn.send(b"")
+            return True
+        token = request_token(obj)
         # The commonest cheap request, a one read of one key: no task, no slot, no wait.
         if (isinstance(req, ReadRequest) and req.consistency == "one" and not req.min_index
-                and self._answer_now(conn, request_id, req)):
+                and self._answer_now(conn, request_id, req, token)):
             if conn.queued_bytes() > _WRITE_HIGH_WATER:
                 await conn.send(b"")  # everything queued goes out, then the usual backpressure
             return True
         await conn.slots.acquire()
-        tasks.create_task(self._serve(conn, request_id, req))
+        tasks.create_task(self._serve(conn, request_id, req, token))
         return True
 
-    def _answer_now(self, conn: _Connection, request_id: int, req: ReadRequest) -> bool:
+    def _over_rate(self, conn: _Connection, request_id: int, req: Request) -> bool:
+        """Answer the request RateLimited if its connection's bucket is empty."""
+        assert conn.bucket is not None
+        wait = conn.bucket.take(time.monotonic())
+        if not wait:
+            return False
+        bucket = conn.bucket
+        err = rate_limited(wait, bucket.rate, bucket.capacity, "one connection")
+        self._observed(req, 0.0, err.code)
+        conn.queue(self._error_frame(request_id, err))
+        return True
+
+    def _answer_now(self, conn: _Connection, request_id: int, req: ReadRequest,
+                    token: str | None) -> bool:
         """Answer a ``one`` read of one key on the spot; False if the service wants the
         usual path for it."""
         started = time.perf_counter()
         error: str | None = None
         try:
             self._check_key_sizes(req.range)
+            if self._auth is not None and self._auth.enabled:
+                self._auth.authorize(req, self._auth.user(conn.auth, token))
             result = self._service.range_now(req.range)
             if result is None:
                 return False
@@ -464,15 +566,28 @@ class ClientServer:
         conn.queue(frame)
         return True
 
-    async def _serve(self, conn: _Connection, request_id: int, req: Request) -> None:
+    async def _serve(self, conn: _Connection, request_id: int, req: Request,
+                     token: str | None = None) -> None:
         stream: _Stream | None = None
         started = time.perf_counter()
         error: str | None = None
         snapshot: SnapshotSource | None = None
         failed = False
+        user: str | None = None
         try:
             try:
-                if isinstance(req, WatchRequest):
+                if self._auth is not None and self._auth.enabled and not isinstance(
+                        req, (AuthenticateRequest, AuthTokenRequest, AuthRequest)):
+                    user = self._auth.user(conn.auth, token)
+                    self._auth.authorize(req, user)
+                if isinstance(req, (AuthenticateRequest, AuthTokenRequest, AuthRequest)):
+                    if self._auth is None:
+                        raise NotBuiltYet("this service has no users")
+                    result = await self._auth.serve(req, conn.auth, token,
+                                                    _address_of(conn.writer))
+                    if conn.auth.member:
+                        conn.bucket = None  # a member's calls carry many clients' requests
+                elif isinstance(req, WatchRequest):
                     self._check_key_sizes(RangeRequest(key=req.key, range_end=req.range_end))
                     stream = _Stream(conn, request_id, self._max_frame)
                     result = await self._service.watch(req, stream)
@@ -480,8 +595,11 @@ class ClientServer:
                     result = self._service.watch_cancel(req.watch_id, conn)
                 elif isinstance(req, SnapshotRequest):
                     result, snapshot = await self._service.snapshot()
+                elif isinstance(req, WriteRequest) and isinstance(req.cmd,
+                                                                  (LeaseGrant, LeaseRevoke)):
+                    result = await self._lease_write(conn, req, user)
                 else:
-                    result = await self._execute(req)
+                    result = await self._execute(req, user)
                 frame = encode_frame(encode_response(request_id, result), self._max_frame)
             except QuorumKVError as err:  # includes an answer too large for a frame
                 frame = self._error_frame(request_id, err)
@@ -536,6 +654,51 @@ class ClientServer:
             await conn.send(self._error_frame(
                 request_id, QuorumKVError(f"internal error: {type(err).__name__}")))
 
+    async def _lease_write(self, conn: _Connection, req: WriteRequest,
+                           user: str | None) -> dict[str, Any]:
+        """A lease grant or revoke, keeping count of the connection's leases."""
+        cmd = req.cmd
+        if isinstance(cmd, LeaseRevoke):
+            result = await self._execute(req, user)
+            if result.get("type") == "lease_revoke":
+                conn.leases.discard(cmd.id)
+            return result
+        assert isinstance(cmd, LeaseGrant)
+        limit = self._client_limits.max_leases_per_connection
+        if len(conn.leases) + conn.leases_pending >= limit:
+            await self._forget_ended_leases(conn)
+            held = len(conn.leases) + conn.leases_pending
+            if held >= limit:
+                raise ResourceExhausted(
+                    f"this connection holds {held} leases, its limit "
+                    f"(max_leases_per_connection {limit}); revoke some, let them expire, "
+                    f"or grant on another connection", limit=limit)
+        conn.leases_pending += 1
+        try:
+            result = await self._execute(req, user)
+        finally:
+            conn.leases_pending -= 1
+        # "durable" (consistency one): the grant is in the log, its outcome not yet known.
+        # Counted; if it fails, the next pruning finds no such lease and drops it.
+        if result.get("type") in ("lease_grant", "durable"):
+            conn.leases.add(cmd.id)
+        return result
+
+    async def _forget_ended_leases(self, conn: _Connection) -> None:
+        """Drop the connection's leases the node no longer has (revoked elsewhere, or
+        expired). Only at the limit: below it there is nothing to decide."""
+        if conn.lease_lock is None:
+            conn.lease_lock = asyncio.Lock()
+        # One pruning at a time: grants piling up at the limit wait for its verdict
+        # rather than each reading every lease again.
+        async with conn.lease_lock:
+            limit = self._client_limits.max_leases_per_connection
+            if len(conn.leases) + conn.leases_pending < limit:
+                return  # a pruning just finished made room
+            ids = frozenset(conn.leases)
+            alive = await self._service.leases_granted(ids)
+            conn.leases.difference_update(ids - alive)
+
     def _observed(self, req: Request, seconds: float, error: str | None) -> None:
         if self._observe is None:
             return
@@ -554,12 +717,13 @@ class ClientServer:
             brief = QuorumKVError(f"{err.code}: error message too large to send")
             return encode_frame(encode_error_response(request_id, brief), self._max_frame)
 
-    async def _execute(self, req: Request) -> dict[str, Any]:
+    async def _execute(self, req: Request, user: str | None = None) -> dict[str, Any]:
         result: object
         if isinstance(req, WriteRequest):
             validate(req.cmd, self._limits)  # sizes are checked here, once, before proposing
             result = await self._service.write(req.cmd, consistency=req.consistency,
-                                               client_id=req.client_id, seq=req.seq)
+                                               client_id=req.client_id, seq=req.seq,
+                                               user=user)
         elif isinstance(req, ReadRequest):
             self._check_key_sizes(req.range)
             result = await self._service.range(req.range, consistency=req.consistency,
@@ -602,3 +766,12 @@ class ClientServer:
     def _check_key_sizes(self, req: RangeRequest) -> None:
         """A read's keys: a key no write could store is refused."""
         check_key_size(req.key, req.range_end, self._limits)
+
+
+def _address_of(writer: asyncio.StreamWriter) -> str:
+    """The client's IP address (without its port): what max_connections_per_address
+    counts by."""
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and peer:
+        return str(peer[0])
+    return str(peer)

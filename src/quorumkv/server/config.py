@@ -122,6 +122,46 @@ class NodeConfig:
     max_key_bytes: int = 4096
     max_value_bytes: int = 1536 << 10
     request_timeout_s: float = 5.0
+    # -- transport security (docs/security.md) --------------------------------------------
+    cert_file: Path | None = None
+    """The node's certificate for its client and HTTP ports (PEM); with key_file, both ports
+    speak TLS only."""
+    key_file: Path | None = None
+    trusted_ca_file: Path | None = None
+    """CA bundle that signs client certificates (client_cert_auth), and that this node
+    trusts when it calls other members' client ports."""
+    client_cert_auth: bool = False
+    """Require a client certificate signed by trusted_ca_file on the client and HTTP ports;
+    with auth enabled, its common name is the user."""
+    peer_cert_file: Path | None = None
+    """The node's certificate for the peer port (PEM); with peer_key_file and
+    peer_trusted_ca_file, peers speak mutual TLS and must present a certificate of the
+    cluster CA naming their member."""
+    peer_key_file: Path | None = None
+    peer_trusted_ca_file: Path | None = None
+    tls_reload_s: float = 10.0
+    """How often certificate files are checked for changes (reloaded without a restart)."""
+    # -- authentication -------------------------------------------------------------------
+    auth_token_ttl_s: float = 300.0
+    """Lifetime of a token from authenticate; the client signs in again after it."""
+    auth_metrics: bool = False
+    """With auth enabled, /metrics also needs a signed-in user."""
+    login_failures_allowed: int = 5
+    """Failed sign-ins for one user name or one client address before the next ones are
+    refused for login_lockout_s (doubling while failures go on)."""
+    login_lockout_s: float = 1.0
+    # -- limits ---------------------------------------------------------------------------
+    max_txn_ops: int = 128
+    """Operations in one transaction (compares, then and else branches each)."""
+    max_connections_per_address: int | None = None
+    """Client connections from one client IP address at once; None: only
+    max_client_connections bounds them."""
+    max_leases_per_connection: int = 10_000
+    """Leases granted through one client connection and still alive."""
+    max_requests_per_s: float | None = None
+    """Requests per second one client connection (on HTTP: one client address) may send,
+    as a token bucket of max_request_burst; None: unlimited."""
+    max_request_burst: int = 1000
 
     def __post_init__(self) -> None:
         check_name(self.name)
@@ -154,6 +194,38 @@ class NodeConfig:
             raise InvalidArgument("max_watches, max_watches_per_connection, "
                                   "max_client_connections and client_frame_timeout_s must "
                                   "be positive")
+
+        if (self.cert_file is None) != (self.key_file is None):
+            raise InvalidArgument("cert_file and key_file go together")
+        peer_tls = (self.peer_cert_file, self.peer_key_file, self.peer_trusted_ca_file)
+        if any(f is not None for f in peer_tls) and any(f is None for f in peer_tls):
+            raise InvalidArgument("peer TLS needs peer_cert_file, peer_key_file and "
+                                  "peer_trusted_ca_file together")
+        if self.client_cert_auth and (self.cert_file is None or self.trusted_ca_file is None):
+            raise InvalidArgument("client_cert_auth needs cert_file, key_file and "
+                                  "trusted_ca_file")
+        if not self.auth_token_ttl_s > 0 or not self.tls_reload_s > 0:
+            raise InvalidArgument("auth_token_ttl_s and tls_reload_s must be positive")
+        if self.login_failures_allowed < 1 or self.login_lockout_s < 0:
+            raise InvalidArgument("login_failures_allowed must be positive, login_lockout_s "
+                                  "not negative")
+        if (self.max_txn_ops < 1 or self.max_leases_per_connection < 1
+                or self.max_request_burst < 1
+                or (self.max_connections_per_address is not None
+                    and self.max_connections_per_address < 1)
+                or (self.max_requests_per_s is not None and not self.max_requests_per_s > 0)):
+            raise InvalidArgument("max_txn_ops, max_leases_per_connection, max_request_burst, "
+                                  "max_connections_per_address and max_requests_per_s must "
+                                  "be positive")
+
+    @property
+    def client_tls(self) -> bool:
+        """The client and HTTP ports speak TLS."""
+        return self.cert_file is not None
+
+    @property
+    def peer_tls(self) -> bool:
+        return self.peer_cert_file is not None
 
     @property
     def node_id(self) -> int:
@@ -200,8 +272,10 @@ def load_toml(path: Path) -> dict[str, Any]:
         raise InvalidArgument(f"unknown settings in {path}: {', '.join(unknown)}")
     if isinstance(raw.get("initial_cluster"), str):
         raw["initial_cluster"] = parse_initial_cluster(raw["initial_cluster"])
-    if "data_dir" in raw:
-        raw["data_dir"] = Path(raw["data_dir"])
+    for key in ("data_dir", "cert_file", "key_file", "trusted_ca_file", "peer_cert_file",
+                "peer_key_file", "peer_trusted_ca_file"):
+        if isinstance(raw.get(key), str):
+            raw[key] = Path(raw[key])
     if isinstance(raw.get("join"), str):
         raw["join"] = tuple(p.strip() for p in raw["join"].split(",") if p.strip())
     elif isinstance(raw.get("join"), list):

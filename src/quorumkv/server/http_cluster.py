@@ -4,9 +4,13 @@ Status and the member list are this node's own view, answered at once
 (the status asks the leader for its view of the members, bounded to about
 two seconds by ``Node.status``, so it answers even without a leader or a
 majority). Membership changes need the cluster token, in an
-``Authorization: Bearer TOKEN`` header or a ``token`` field; the leader
-checks it, and it is never logged or echoed. A follower sends them on to
-the leader.
+``Authorization: Bearer TOKEN`` header, an ``X-Cluster-Token`` header or a
+``token`` field; the leader checks it, and it is never logged or echoed. A
+follower sends them on to the leader. As on the client port, the cluster
+token is the credential for membership changes whether or not auth is
+enabled: it is root's equal (docs/security.md), and a joining or leaving node
+holds nothing else. With a user token in ``Authorization``, send the cluster
+token in ``X-Cluster-Token``.
 
 Member and cluster ids are written as strings of digits (http_json.py): as
 JSON numbers, JavaScript would round them. Names, not ids, identify members
@@ -29,6 +33,8 @@ from quorumkv.client.protocol import (
     MoveLeaderRequest,
 )
 from quorumkv.errors import InvalidArgument
+from quorumkv.security import tokens
+from quorumkv.server.http_auth import CLUSTER_TOKEN_HEADER, bearer
 from quorumkv.server.http_forward import forwarder_for
 from quorumkv.server.http_json import (
     BodyFields,
@@ -61,19 +67,21 @@ def _name(f: BodyFields) -> str:
 
 
 def _token(request: web.Request, f: BodyFields) -> str:
-    """The cluster token from the header or the body. Messages give lengths only: a
+    """The cluster token from a header or the body. Messages give lengths only: a
     token is never echoed."""
     in_body = f.optional_string("token")
-    in_header: str | None = None
-    header = request.headers.get("Authorization")
-    if header is not None:
-        scheme, _, value = header.strip().partition(" ")
-        if scheme.lower() != "bearer" or not value.strip():
-            raise InvalidArgument("the Authorization header must be 'Bearer TOKEN'")
-        in_header = check_text(value.strip(), "Authorization")
-    if in_body is not None and in_header is not None and in_body != in_header:
-        raise InvalidArgument("two different tokens were given (header and body)")
-    token = in_header if in_header is not None else in_body or ""
+    given: list[str] = []
+    value = bearer(request)
+    if value is not None and not tokens.looks_like_token(value):  # not a user's token
+        given.append(value)
+    extra = request.headers.get(CLUSTER_TOKEN_HEADER)
+    if extra is not None:
+        given.append(check_text(extra.strip(), CLUSTER_TOKEN_HEADER))
+    if in_body is not None:
+        given.append(in_body)
+    if len(set(given)) > 1:
+        raise InvalidArgument("two different cluster tokens were given (headers and body)")
+    token = given[0] if given else ""
     if len(token) > MAX_TOKEN_LENGTH:
         raise InvalidArgument(f"the token must be at most {MAX_TOKEN_LENGTH} characters, "
                               f"not {len(token)}")

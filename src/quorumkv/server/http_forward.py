@@ -30,6 +30,7 @@ from quorumkv.client.connection import Connection
 from quorumkv.client.endpoints import parse_endpoint
 from quorumkv.client.protocol import Request
 from quorumkv.errors import InvalidArgument, NetworkError, NotLeader, QuorumKVError, Timeout
+from quorumkv.security.tls import node_client_tls
 from quorumkv.server.http_json import json_safe
 
 if TYPE_CHECKING:
@@ -55,11 +56,12 @@ class Forwarder:
         return 2 * self._node.config.request_timeout_s + 1.0
 
     async def call(self, local: Callable[[], Awaitable[dict[str, Any]]], remote: Request, *,
-                   changes: bool) -> dict[str, Any]:
+                   changes: bool, token: str | None = None) -> dict[str, Any]:
         """``local()``'s answer, or ``remote``'s from the leader if this node is not it.
 
         ``changes``: the request changes the cluster's state, so an answer lost on
-        the way back is an unknown outcome.
+        the way back is an unknown outcome. ``token``: the caller's user token, sent
+        with ``remote`` so that the leader checks the same user (http_auth.py).
         """
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._node.config.request_timeout_s
@@ -71,7 +73,7 @@ class Forwarder:
             address = refusal.details.get("leader_address")
             try:
                 if isinstance(address, str) and address:
-                    return await self._send(address, remote, changes=changes)
+                    return await self._send(address, remote, changes=changes, token=token)
                 if not await self._leader_elected(deadline):
                     break
                 return await local()
@@ -89,15 +91,16 @@ class Forwarder:
             await asyncio.sleep(self._node.config.tick_ms / 1000)
         return True
 
-    async def _send(self, address: str, req: Request, *, changes: bool) -> dict[str, Any]:
+    async def _send(self, address: str, req: Request, *, changes: bool,
+                    token: str | None = None) -> dict[str, Any]:
         conn = await self._connection(address)
         try:
-            future = conn.send(req)
+            future = conn.send(req, token=token)
         except NetworkError:
             # Closed before anything was written: the request surely did not happen.
             await self._drop(address, conn)
             conn = await self._connection(address)
-            future = conn.send(req)
+            future = conn.send(req, token=token)
         timeout = self._timeout
         try:
             async with asyncio.timeout(timeout):
@@ -135,7 +138,8 @@ class Forwarder:
                                        ) from None
                 try:
                     conn = await asyncio.wait_for(
-                        Connection.open(endpoint, max_frame=self._node.config.max_request_bytes),
+                        Connection.open(endpoint, max_frame=self._node.config.max_request_bytes,
+                                        tls=node_client_tls(self._node.config)),
                         CONNECT_TIMEOUT)
                 except TimeoutError:
                     raise NetworkError(f"the leader ({address}) did not accept a connection "

@@ -21,7 +21,6 @@ from quorumkv.client.coordination_wire import event_to_wire
 from quorumkv.client.protocol import ReadRequest, WriteRequest
 from quorumkv.errors import Compacted, InvalidArgument
 from quorumkv.kv.commands import (
-    Command,
     Compact,
     DeleteRange,
     LeaseGrant,
@@ -29,10 +28,12 @@ from quorumkv.kv.commands import (
     Put,
     RangeRequest,
     Txn,
+    Write,
 )
 from quorumkv.kv.results import Event
 from quorumkv.kv.store import KVStore
 from quorumkv.kv.validation import check_key_size, check_range_request, validate
+from quorumkv.server.http_auth import check_read, check_write
 from quorumkv.server.http_forward import forwarder_for
 from quorumkv.server.http_json import (
     READ_LEVELS,
@@ -69,7 +70,7 @@ _RESULT_TYPES: Final[dict[type, str]] = {Put: "put", DeleteRange: "delete", Txn:
 # -- reads ---------------------------------------------------------------------------
 
 
-async def _range(node: Node, f: Fields) -> dict[str, Any]:
+async def _range(request: web.Request, node: Node, f: Fields) -> dict[str, Any]:
     encoding = read_encoding(f)
     key, end = read_key_range(f, encoding)
     req = RangeRequest(key=key, range_end=end, limit=f.integer("limit", 0),
@@ -80,10 +81,11 @@ async def _range(node: Node, f: Fields) -> dict[str, Any]:
     f.finish()
     check_key_size(key, end, node.limits)
     check_range_request(req)
+    caller = check_read(request, node, key, end)
     result = await forwarder_for(node).call(
         lambda: node.range(req, consistency=consistency, min_revision=min_revision),
         ReadRequest(range=req, consistency=consistency, min_revision=min_revision),
-        changes=False)
+        changes=False, token=caller.token)
     return result_json(result, encoding)
 
 
@@ -127,13 +129,14 @@ async def _history(request: web.Request, node: Node) -> web.Response:
     min_revision = f.integer("min_revision", 0)
     f.finish()
     check_key_size(key, end, node.limits)
+    caller = check_read(request, node, key, end)
     # A one-key read at the level asked waits exactly as that read would, so the
     # history that follows is at least as fresh as the level promises.
     probe = RangeRequest(key=key, count_only=True)
     answer = await forwarder_for(node).call(
         lambda: node.range(probe, consistency=consistency, min_revision=min_revision),
         ReadRequest(range=probe, consistency=consistency, min_revision=min_revision),
-        changes=False)
+        changes=False, token=caller.token)
     if answer["header"]["member"] != node.config.name:
         # The leader answered (an "all" read): the history is ours, so catch up to it.
         await node.wait_applied(answer["header"]["applied_index"])
@@ -146,10 +149,11 @@ async def _history(request: web.Request, node: Node) -> web.Response:
 # -- writes --------------------------------------------------------------------------
 
 
-async def submit_write(node: Node, cmd: Command, f: BodyFields, *,
+async def submit_write(request: web.Request, node: Node, cmd: Write, f: BodyFields, *,
                        levels: tuple[str, ...] = WRITE_LEVELS) -> dict[str, Any]:
     """Read the write options (``consistency``, ``dedup``) and the end of the body,
-    check the command as the client port would, and run it (on the leader).
+    check the command as the client port would (its sizes, then the request's user's
+    permission), and run it as that user (on the leader).
 
     ``dedup: {"client_id", "seq"}`` numbers the write as the client library does: the
     cluster applies a retry with the same pair at most once (thesis §6.3)."""
@@ -161,10 +165,12 @@ async def submit_write(node: Node, cmd: Command, f: BodyFields, *,
         dedup.finish()
     f.finish()
     validate(cmd, node.limits)
+    caller = check_write(request, node, cmd)
     result = await forwarder_for(node).call(
-        lambda: node.write(cmd, consistency=consistency, client_id=client_id, seq=seq),
+        lambda: node.write(cmd, consistency=consistency, client_id=client_id, seq=seq,
+                           user=caller.user),
         WriteRequest(cmd=cmd, consistency=consistency, client_id=client_id, seq=seq),
-        changes=True)
+        changes=True, token=caller.token)
     kind = result.get("type")
     if kind not in (_RESULT_TYPES[type(cmd)], "durable"):
         # The pair already numbered another write, whose outcome this is: this one
@@ -184,7 +190,7 @@ async def _put(request: web.Request, node: Node) -> web.Response:
     encoding = read_encoding(f)
     cmd = Put(key=read_bytes(f, "key", encoding), value=read_bytes(f, "value", encoding),
               lease=f.identifier("lease", 0), prev_kv=f.boolean("prev_kv"))
-    return _respond(await submit_write(node, cmd, f), encoding)
+    return _respond(await submit_write(request, node, cmd, f), encoding)
 
 
 async def _delete(request: web.Request, node: Node) -> web.Response:
@@ -192,7 +198,7 @@ async def _delete(request: web.Request, node: Node) -> web.Response:
     encoding = read_encoding(f)
     key, end = read_key_range(f, encoding)
     cmd = DeleteRange(key=key, range_end=end, prev_kv=f.boolean("prev_kv"))
-    return _respond(await submit_write(node, cmd, f), encoding)
+    return _respond(await submit_write(request, node, cmd, f), encoding)
 
 
 async def _txn(request: web.Request, node: Node) -> web.Response:
@@ -200,22 +206,22 @@ async def _txn(request: web.Request, node: Node) -> web.Response:
     encoding = read_encoding(f)
     txn = parse_txn(f, encoding)
     # "one" answers before the outcome is known, and a txn is all outcome.
-    result = await submit_write(node, txn, f, levels=("quorum", "all"))
+    result = await submit_write(request, node, txn, f, levels=("quorum", "all"))
     return _respond(result, encoding)
 
 
 async def _compact(request: web.Request, node: Node) -> web.Response:
     f = await read_body(request)
     cmd = Compact(revision=f.integer("revision", low=1))
-    return json_response(await submit_write(node, cmd, f))
+    return json_response(await submit_write(request, node, cmd, f))
 
 
 def routes(node: Node) -> list[web.RouteDef]:
     async def range_get(request: web.Request) -> web.Response:
-        return json_response(await _range(node, QueryFields(request)))
+        return json_response(await _range(request, node, QueryFields(request)))
 
     async def range_post(request: web.Request) -> web.Response:
-        return json_response(await _range(node, await read_body(request)))
+        return json_response(await _range(request, node, await read_body(request)))
 
     async def history(request: web.Request) -> web.Response:
         return await _history(request, node)

@@ -21,6 +21,7 @@ from aiohttp import web
 
 from quorumkv.client.coordination_wire import LeaseKeepAliveRequest, LeaseTimeToLiveRequest
 from quorumkv.kv.commands import MAX_LEASE_TTL, LeaseGrant, LeaseRevoke
+from quorumkv.server.http_auth import check_signed_in
 from quorumkv.server.http_forward import forwarder_for
 from quorumkv.server.http_json import (
     BodyFields,
@@ -50,13 +51,15 @@ async def _grant(request: web.Request, node: Node) -> web.Response:
     # Answers write ids as text; 53 bits keep even a client that turns this one into a
     # JavaScript number exact.
     lease_id = f.identifier("id", 0) or secrets.randbits(53) or 1
-    result = await submit_write(node, LeaseGrant(id=lease_id, ttl=ttl), f, levels=_WRITE_LEVELS)
+    result = await submit_write(request, node, LeaseGrant(id=lease_id, ttl=ttl), f,
+                                levels=_WRITE_LEVELS)
     return json_response(lease_json(result))
 
 
 async def _revoke(request: web.Request, node: Node) -> web.Response:
     f = await read_body(request)
-    result = await submit_write(node, LeaseRevoke(id=_lease_id(f)), f, levels=_WRITE_LEVELS)
+    result = await submit_write(request, node, LeaseRevoke(id=_lease_id(f)), f,
+                                levels=_WRITE_LEVELS)
     return json_response(result)
 
 
@@ -64,9 +67,10 @@ async def _keepalive(request: web.Request, node: Node) -> web.Response:
     f = await read_body(request)
     lease_id = _lease_id(f)
     f.finish()
+    caller = check_signed_in(request, node)
     result = await forwarder_for(node).call(
         lambda: node.lease_keepalive(lease_id), LeaseKeepAliveRequest(id=lease_id),
-        changes=False)
+        changes=False, token=caller.token)
     return json_response(lease_json(result))
 
 
@@ -76,9 +80,10 @@ async def _time_to_live(request: web.Request, node: Node) -> web.Response:
     keys = f.boolean("keys")
     encoding = read_encoding(f)
     f.finish()
+    caller = check_signed_in(request, node)
     result: dict[str, Any] = await forwarder_for(node).call(
         lambda: node.lease_ttl(lease_id, keys=keys),
-        LeaseTimeToLiveRequest(id=lease_id, keys=keys), changes=False)
+        LeaseTimeToLiveRequest(id=lease_id, keys=keys), changes=False, token=caller.token)
     attached = result.get("keys")
     out = {**result, "keys": None if attached is None else [key_json(k, encoding)
                                                              for k in attached]}
@@ -87,6 +92,7 @@ async def _time_to_live(request: web.Request, node: Node) -> web.Response:
 
 async def _list(request: web.Request, node: Node) -> web.Response:
     QueryFields(request).finish()
+    check_signed_in(request, node)
     return json_response(lease_json(await node.lease_list()))
 
 

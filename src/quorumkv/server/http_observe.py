@@ -21,6 +21,10 @@
     percentile is null for a second without such requests).
 
 A malformed query parameter is answered 400 with the usual error body.
+
+With auth enabled, ``/v1/events`` and ``/v1/stats`` need a signed-in user
+(http_auth.py), and ``/metrics`` too when ``auth_metrics`` is set (a
+Prometheus scraper then sends a token as its bearer credentials).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from aiohttp import web
 
 from quorumkv.errors import InvalidArgument
 from quorumkv.server.events import DEFAULT_LIMIT, MAX_LIMIT
+from quorumkv.server.http_auth import check_signed_in
 from quorumkv.server.http_json import event_json, json_response, json_safe
 
 if TYPE_CHECKING:
@@ -62,17 +67,21 @@ def _int_param(request: web.Request, name: str, default: int, *, low: int,
 
 def routes(node: Node) -> RouteTable:
     async def metrics(request: web.Request) -> web.Response:
+        if node.config.auth_metrics:
+            check_signed_in(request, node)
         body, content_type = node.metrics.exposition(request.headers.get("Accept", ""))
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def events(request: web.Request) -> web.Response:
         since = _int_param(request, "since", 0, low=0)
         limit = _int_param(request, "limit", DEFAULT_LIMIT, low=1, high=MAX_LIMIT)
+        check_signed_in(request, node)
         feed = node.events
         events = [event_json(json_safe(e)) for e in feed.recent(since, limit)]
         return json_response({"events": events, "last_seq": feed.last_seq})
 
-    async def stats(_request: web.Request) -> web.Response:
+    async def stats(request: web.Request) -> web.Response:
+        check_signed_in(request, node)
         return json_response({"interval_s": 1, "series": node.metrics.series()})
 
     return [web.get("/metrics", metrics), web.get("/v1/events", events),

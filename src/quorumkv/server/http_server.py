@@ -13,36 +13,56 @@ itself (unknown path, wrong method, body above ``max_http_body_bytes``)
 gets the same JSON shape with code ``invalid_argument`` (``message_too_large``
 for the body). Anything else is a bug: it is logged with its traceback and
 answered 500 without detail, and the server goes on.
+
+Rate limit. With ``max_requests_per_s`` set, each client address has a token
+bucket (server/rate_limit.py); a request finding it empty is answered 429
+(``rate_limited``) with a Retry-After header, at once. /health and /ready
+are never limited.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
+from ssl import SSLContext
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from quorumkv.errors import (
+    AlreadyExists,
     AuthenticationFailed,
+    AuthNotEnabled,
     Compacted,
     ConsistencyError,
     InvalidArgument,
+    InvalidCredentials,
+    InvalidToken,
     KeyTooLarge,
     LeaseNotFound,
     MembershipError,
     MessageTooLarge,
     NotBuiltYet,
+    PermissionDenied,
     ProtocolError,
     QuorumKVError,
+    RateLimited,
     RequestError,
     ResourceExhausted,
+    RoleNotFound,
+    RootMissing,
     Timeout,
+    TooManyLoginAttempts,
+    Unauthenticated,
     UnavailableError,
+    UserNotFound,
     ValueTooLarge,
 )
 from quorumkv.server import (
+    http_auth,
     http_cluster,
     http_dashboard,
     http_kv,
@@ -53,6 +73,7 @@ from quorumkv.server import (
 )
 from quorumkv.server.http_forward import close_forwarder
 from quorumkv.server.http_json import error_json
+from quorumkv.server.rate_limit import KeyedBuckets, rate_limited
 
 if TYPE_CHECKING:
     from quorumkv.server.node import Node
@@ -66,6 +87,17 @@ RouteSource = Callable[["Node"], RouteTable]
 
 # Most specific first: the first class an error is an instance of decides.
 _STATUS: tuple[tuple[type[QuorumKVError], int], ...] = (
+    # Auth errors are request errors: they must come before RequestError.
+    (Unauthenticated, 401),
+    (InvalidToken, 401),
+    (InvalidCredentials, 401),
+    (PermissionDenied, 403),
+    (TooManyLoginAttempts, 429),
+    (UserNotFound, 404),
+    (RoleNotFound, 404),
+    (AlreadyExists, 409),
+    (RootMissing, 409),
+    (AuthNotEnabled, 400),
     (KeyTooLarge, 413),
     (ValueTooLarge, 413),
     (MessageTooLarge, 413),
@@ -95,7 +127,16 @@ def error_body(err: QuorumKVError) -> dict[str, Any]:
 
 
 def error_response(err: QuorumKVError) -> web.Response:
-    return web.json_response(error_body(err), status=http_status(err))
+    headers: dict[str, str] | None = None
+    if isinstance(err, (Unauthenticated, InvalidToken, InvalidCredentials)):
+        # RFC 6750: a 401 names the scheme that would be accepted.
+        headers = {"WWW-Authenticate": 'Bearer realm="quorumkv"'}
+    if isinstance(err, (RateLimited, TooManyLoginAttempts)):
+        # Retry-After takes whole seconds; rounding down would invite an early retry.
+        wait = err.details.get("retry_after_s")
+        seconds = math.ceil(wait) if isinstance(wait, (int, float)) else 1
+        headers = {"Retry-After": str(max(1, seconds))}
+    return web.json_response(error_body(err), status=http_status(err), headers=headers)
 
 
 @web.middleware
@@ -211,11 +252,40 @@ def _core_routes(_node: Node) -> RouteTable:
 def route_sources() -> list[RouteSource]:
     """Every module's route table, in the order they are matched."""
     return [_core_routes, http_kv.routes, http_lease.routes, http_watch.routes,
-            http_cluster.routes, openapi.routes, http_dashboard.routes, http_observe.routes]
+            http_cluster.routes, http_auth.routes, openapi.routes, http_dashboard.routes,
+            http_observe.routes]
+
+
+UNLIMITED_PATHS = frozenset({"/health", "/ready"})
+"""Left out of the rate limit: a probe told 429 could have a healthy node restarted."""
+
+
+def _rate_limit(rate: float, burst: int) -> Middleware:
+    """One token bucket per client address (a client may open a connection per request,
+    so per connection would limit nothing)."""
+    buckets = KeyedBuckets(rate, burst)
+
+    @web.middleware
+    async def rate_limit(request: web.Request,
+                         handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                         ) -> web.StreamResponse:
+        if request.path not in UNLIMITED_PATHS:
+            address = request.remote or ""
+            wait = buckets.take(address, time.monotonic())
+            if wait:
+                raise rate_limited(wait, rate, burst, f"client address {address}")
+        return await handler(request)
+
+    return rate_limit
 
 
 def build_app(node: Node, *, max_body: int) -> web.Application:
-    app = web.Application(middlewares=[_errors_as_json, _observe], client_max_size=max_body)
+    middlewares: list[Middleware] = [_errors_as_json, _observe]
+    rate = node.config.max_requests_per_s
+    if rate is not None:
+        # Innermost: _observe then counts the refusal like any other error.
+        middlewares.append(_rate_limit(rate, node.config.max_request_burst))
+    app = web.Application(middlewares=middlewares, client_max_size=max_body)
     app[NODE_KEY] = node
     for source in route_sources():
         app.add_routes(source(node))
@@ -235,9 +305,12 @@ async def _close_forwarding(app: web.Application) -> None:
 
 
 class HttpServer:
-    def __init__(self, node: Node, *, host: str, port: int, max_body: int) -> None:
+    def __init__(self, node: Node, *, host: str, port: int, max_body: int,
+                 ssl: SSLContext | None = None) -> None:
+        """``ssl``: serve HTTPS only, with the client port's context (security/tls.py)."""
         self._app = build_app(node, max_body=max_body)
         self._host, self._port = host, port
+        self._ssl = ssl
         self._runner = web.AppRunner(self._app, access_log=None, handle_signals=False,
                                      shutdown_timeout=2.0)
         self._site: web.TCPSite | None = None
@@ -249,7 +322,8 @@ class HttpServer:
 
     async def start(self) -> None:
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True)
+        self._site = web.TCPSite(self._runner, self._host, self._port, reuse_address=True,
+                                 ssl_context=self._ssl)
         await self._site.start()
         server = self._site._server
         sockets = getattr(server, "sockets", None) or []

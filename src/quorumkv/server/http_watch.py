@@ -36,6 +36,7 @@ from quorumkv.client.coordination_wire import WatchRequest
 from quorumkv.client.fields import MAX_INT64
 from quorumkv.errors import InvalidArgument
 from quorumkv.kv.validation import check_key_size
+from quorumkv.server.http_auth import check_read
 from quorumkv.server.http_json import (
     QueryFields,
     dumps,
@@ -187,6 +188,8 @@ async def _watch(request: web.Request, node: Node) -> web.StreamResponse:
     prev_kv = f.boolean("prev_kv")
     f.finish()
     check_key_size(key, end, node.limits)
+    # Before the stream starts: a refusal is an ordinary JSON error, never an event.
+    check_read(request, node, key, end)
     stream = SseStream(request, encoding)
     streams = _STREAMS.setdefault(node, set())
     streams.add(stream)

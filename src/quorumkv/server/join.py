@@ -34,6 +34,7 @@ from quorumkv.errors import (
     QuorumKVError,
     UnavailableError,
 )
+from quorumkv.security.tls import node_client_tls
 from quorumkv.server.config import NodeConfig
 from quorumkv.server.data_dir import DataDir
 
@@ -45,7 +46,8 @@ RETRY_PAUSE = 0.5
 async def _hello_cluster_id(config: NodeConfig) -> int | None:
     """The cluster id the ``--join`` members answer with; None if none answered."""
     try:
-        async with AsyncClient(config.join, timeout=min(5.0, config.join_timeout_s)) as c:
+        async with AsyncClient(config.join, timeout=min(5.0, config.join_timeout_s),
+                               tls=node_client_tls(config)) as c:
             await c.member_list()
             info = c.server_info or {}
     except UnavailableError:
@@ -92,7 +94,8 @@ async def _ask_to_join(config: NodeConfig) -> dict[str, Any]:
         if remaining <= 0:
             break
         try:
-            async with AsyncClient(config.join, timeout=min(remaining, 10.0)) as c:
+            async with AsyncClient(config.join, timeout=min(remaining, 10.0),
+                                   tls=node_client_tls(config)) as c:
                 await c.member_add(config.name, config.peer_address,
                                    client_address=config.client_address,
                                    token=config.cluster_token)

@@ -48,6 +48,7 @@ from quorumkv.kv.members import MemberRecord, encode_member
 from quorumkv.raft.entries import ConfChange, ConfChangeType
 from quorumkv.raft.progress import ProgressState
 from quorumkv.raft.ready import Role
+from quorumkv.security.tls import node_client_tls
 from quorumkv.server.config import check_name, node_id_for, parse_address
 
 if TYPE_CHECKING:
@@ -330,7 +331,8 @@ class Membership:
                 if not others:
                     raise InvalidNode("no client address of another voter is known")
                 async with AsyncClient(others, timeout=node.config.request_timeout_s * 2,
-                                       cluster_id=node.cluster_id) as client:
+                                       cluster_id=node.cluster_id,
+                                       tls=node_client_tls(node.config)) as client:
                     await client.member_remove(node.config.name, token=token)
         except BaseException:
             self.leaving.discard(me)

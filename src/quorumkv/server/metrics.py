@@ -343,7 +343,8 @@ class _NodeCollector(Collector):
                          server.connection_count)
             yield CounterMetricFamily(
                 "quorumkv_client_connections_refused", "Client connections turned away "
-                "because max_client_connections were open.", value=server.refused_connections)
+                "because max_client_connections were open (or max_connections_per_address "
+                "from their address).", value=server.refused_connections)
         yield _gauge("quorumkv_watchers", "Watches open on this node.", node.watches.count)
         group = node.group
         if group is None:

@@ -35,6 +35,7 @@ import importlib
 import logging
 import signal
 import time
+from collections.abc import Collection
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -56,15 +57,19 @@ from quorumkv.errors import (
     Timeout,
 )
 from quorumkv.kv import Applied, Command, KVStore, Limits, RangeRequest, encode_command
+from quorumkv.kv.commands import Authorized
 from quorumkv.kv.members import MemberRecord, encode_member
 from quorumkv.raft.config import RaftConfig
 from quorumkv.raft.entries import ConfState
 from quorumkv.raft.messages import InstallSnapshot, Message
 from quorumkv.raft.node import RaftNode
+from quorumkv.security.tls import CertReloader, node_client_tls, peer_contexts, server_context
 from quorumkv.server import events as ev
+from quorumkv.server.auth import AuthService
 from quorumkv.server.backup import MAX_CONCURRENT as MAX_CONCURRENT_BACKUPS
 from quorumkv.server.backup import BackupSource, discard_backup_copies, prepare_backup
-from quorumkv.server.client_api import ClientServer
+from quorumkv.server.client_api import ClientLimits, ClientServer
+from quorumkv.server.client_auth import ClientAuth
 from quorumkv.server.config import NodeConfig, node_id_for, parse_address
 from quorumkv.server.data_dir import DataDir
 from quorumkv.server.http_server import HttpServer
@@ -88,6 +93,8 @@ READ_LEVELS = ("one", "session", "quorum", "all")
 
 def _stamp(cmd: Command, timestamp: int) -> Command:
     """The leader's clock at proposal: the state machine never reads a clock itself."""
+    if isinstance(cmd, Authorized):
+        raise InvalidArgument("the node authorizes a write itself")
     return replace(cmd, timestamp=timestamp)
 
 
@@ -121,7 +128,8 @@ class Node:
         self._tasks: list[asyncio.Task[None]] = []
         self.data = DataDir(config.data_dir)
         self.limits = Limits(max_key_size=config.max_key_bytes,
-                             max_value_size=config.max_value_bytes)
+                             max_value_size=config.max_value_bytes,
+                             max_txn_ops=config.max_txn_ops)
         self._stopped = asyncio.Event()
         self._leaving_task: asyncio.Task[None] | None = None
         self.started = False
@@ -132,11 +140,17 @@ class Node:
         self.http_server: HttpServer | None = None
         self.wal: WriteAheadLog | None = None
         self.kv: KVStore | None = None
-        self.replicas = ReplicaClients(max_frame=config.max_request_bytes)
+        self.replicas = ReplicaClients(max_frame=config.max_request_bytes,
+                                       tls=node_client_tls(config),
+                                       cluster_token=config.cluster_token)
+        self.certs = CertReloader()
+        """Reloads changed certificate files into the contexts of the node's ports."""
         self._backups = 0
         """Backups being prepared or sent (server/backup.py)."""
         self.events = ev.EventFeed()
         """What happened to this node (elections, membership, snapshots, peers' health)."""
+        self.auth = AuthService(self)
+        """Sign-ins, tokens and permission checks (server/auth.py)."""
         self.metrics = NodeMetrics(self)
         self._verdicts: dict[int, str] = {}
         """Each peer's last failure-detector verdict: events are its changes."""
@@ -303,6 +317,14 @@ class Node:
 
     async def start(self) -> None:
         cfg = self.config
+        # First: unreadable certificate files stop the node before it touches anything.
+        client_ssl = server_context(cfg)
+        peer_ssl = peer_contexts(cfg)
+        if client_ssl is not None and cfg.cert_file and cfg.key_file:
+            self.certs.watch(cfg.cert_file, cfg.key_file, client_ssl)
+        if peer_ssl is not None and cfg.peer_cert_file and cfg.peer_key_file:
+            self.certs.watch(cfg.peer_cert_file, cfg.peer_key_file, peer_ssl.server,
+                             peer_ssl.client)
         if cfg.join:
             await join_cluster(cfg, self.data)
         wal, kv, snapshots = await asyncio.to_thread(self._open_storage)
@@ -311,7 +333,9 @@ class Node:
             node_id=self.node_id, listen_host=cfg.peer_host, listen_port=cfg.peer_port,
             on_message=self._on_peer_message, on_snapshot=self._on_peer_snapshot,
             on_arrival=self._on_peer_arrival, snapshot_store=snapshots,
-            cluster_id=self.cluster_id)
+            cluster_id=self.cluster_id,
+            server_ssl=peer_ssl.server if peer_ssl else None,
+            client_ssl=peer_ssl.client if peer_ssl else None)
         self._refresh_members()
         raft_config = RaftConfig(id=self.node_id, election_tick=cfg.election_ticks,
                                  heartbeat_tick=cfg.heartbeat_ticks)
@@ -328,12 +352,16 @@ class Node:
         self.client_server = ClientServer(self, host=cfg.client_host, port=cfg.client_port,
                                           max_frame=cfg.max_request_bytes, limits=self.limits,
                                           max_connections=cfg.max_client_connections,
+                                          ssl=client_ssl,
+                                          client_limits=ClientLimits.of(cfg),
                                           frame_timeout=cfg.client_frame_timeout_s,
-                                          observe=self.metrics.observe_client_request)
+                                          observe=self.metrics.observe_client_request,
+                                          auth=ClientAuth(self.auth, cfg.cluster_token,
+                                                         cert_users=cfg.client_cert_auth))
         await self.client_server.start()
         if cfg.http_port is not None:
             self.http_server = HttpServer(self, host=cfg.http_host, port=cfg.http_port,
-                                          max_body=cfg.max_http_body_bytes)
+                                          max_body=cfg.max_http_body_bytes, ssl=client_ssl)
             await self.http_server.start()
         self.started = True
         client = f"{cfg.client_host}:{self.client_server.port}"
@@ -346,8 +374,8 @@ class Node:
                            id=str(self.node_id), cluster_id=str(self.cluster_id),
                            client_address=client, peer_address=peer, http_address=http)
         if self.http_server is not None:
-            log.info("HTTP API, metrics and dashboard on http://%s:%d/", cfg.http_host,
-                     self.http_server.port)
+            log.info("HTTP API, metrics and dashboard on %s://%s:%d/",
+                     "https" if client_ssl else "http", cfg.http_host, self.http_server.port)
 
     async def serve(self) -> None:
         """Run until stop() or a termination signal; then shut down cleanly."""
@@ -364,6 +392,9 @@ class Node:
                                 name="promote-learners"),
             asyncio.create_task(self._watch_for_removal(), name="removal-watch"),
             asyncio.create_task(self.leases.run(), name="lease-expiry")]
+        if self.certs:
+            self._tasks.append(asyncio.create_task(self.certs.run(self.config.tls_reload_s),
+                                                   name="tls-reload"))
         stop_task = asyncio.create_task(self._stopped.wait())
         done, _ = await asyncio.wait({group_task, stop_task},
                                      return_when=asyncio.FIRST_COMPLETED)
@@ -534,7 +565,9 @@ class Node:
                 "member": self.config.name, "applied_index": self.kv.applied_index}
 
     async def write(self, cmd: Command, *, consistency: str, client_id: int,
-                    seq: int) -> dict[str, Any]:
+                    seq: int, user: str | None = None) -> dict[str, Any]:
+        """Propose a client's ``cmd`` as ``user`` (None: no user signed in), whom the state
+        machine checks again when it applies the entry (kv/auth.py)."""
         assert self.group is not None
         if consistency not in WRITE_LEVELS:
             raise InvalidArgument(f"unknown write consistency {consistency!r}")
@@ -543,7 +576,8 @@ class Node:
         # With a client_id the entry is a Session: the state machine answers a
         # retry of (client_id, seq), even one sent to a later leader, with the
         # first attempt's outcome instead of applying it again (thesis §6.3).
-        data = encode_command(_stamp(cmd, time.time_ns()), client_id=client_id, seq=seq)
+        data = encode_command(_stamp(cmd, time.time_ns()), client_id=client_id, seq=seq,
+                              user=user)
         timeout = self.config.request_timeout_s
         try:
             # asyncio.timeout rather than wait_for: no extra task per request.
@@ -562,6 +596,17 @@ class Node:
         if consistency == "all":
             await self._confirm_on_all(outcome)
         return protocol.write_result(outcome, self.header())
+
+    async def read_barrier(self) -> None:
+        """Wait until this node has applied everything committed when it was called (a
+        linearizable point, as a quorum read)."""
+        assert self.group is not None
+        try:
+            async with asyncio.timeout(self.config.request_timeout_s):
+                await self.group.wait_applied(await self.group.read_index())
+        except TimeoutError:
+            raise QuorumNotReached("a majority did not confirm the read index in time"
+                                   ) from None
 
     async def range(self, req: RangeRequest, *, consistency: str,
                     min_revision: int, min_index: int = 0) -> dict[str, Any]:
@@ -776,6 +821,13 @@ class Node:
 
     async def lease_list(self) -> dict[str, Any]:
         return await self.leases.list()
+
+    async def leases_granted(self, ids: Collection[int]) -> set[int]:
+        kv = self.kv
+        if kv is None:
+            return set(ids)
+        # Up to max_leases_per_connection lookups: off the event loop.
+        return await asyncio.to_thread(lambda: {i for i in ids if kv.lease_exists(i)})
 
     def hello(self) -> dict[str, Any]:
         return {"name": self.config.name, "id": self.node_id,

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 from aiohttp import web
 
+from quorumkv.client.auth_wire import MAX_PASSWORD_LENGTH, MAX_USER_LENGTH, PERM_TYPES
 from quorumkv.client.fields import MAX_INT64
 from quorumkv.client.protocol import MAX_ADDRESS_LENGTH, MAX_NAME_LENGTH, MAX_TOKEN_LENGTH
 from quorumkv.kv.commands import MAX_LEASE_TTL
@@ -41,7 +42,7 @@ from quorumkv.server.http_observe import MAX_SINCE
 Schema = dict[str, Any]
 
 _REF: Final = "#/components/schemas/"
-TAGS: Final = ("kv", "lease", "watch", "cluster", "node", "observe", "dashboard")
+TAGS: Final = ("kv", "lease", "watch", "cluster", "auth", "node", "observe", "dashboard")
 _POSITIVE_ID_PATTERN: Final = "^[1-9][0-9]{0,18}$"
 
 
@@ -416,7 +417,9 @@ def _op(summary: str, tag: str, ok: str, *, description: str = "",
     if body is not None:
         out["requestBody"] = {"required": True, **_json(body)}
     if secured:
-        out["security"] = [{}, {"clusterToken": []}]
+        # The cluster token, as the bearer, or in its own header beside a user's token.
+        out["security"] = [{}, {"clusterToken": []},
+                           {"userToken": [], "clusterTokenHeader": []}]
     return out
 
 
@@ -587,10 +590,127 @@ def _dashboard_paths() -> dict[str, Schema]:
     return {"/": {"get": page}, "/dashboard/{name}": {"get": asset}}
 
 
+_NAME = _str("A user or role name", minLength=1, maxLength=MAX_USER_LENGTH)
+_PASSWORD = _str(minLength=1, maxLength=MAX_PASSWORD_LENGTH)
+_AUTH_ERRORS = {"400": "Invalid argument", "401": "Not signed in, or the token is invalid",
+                "403": "Not permitted (root only, once auth is enabled)",
+                "503": "Unavailable", "504": "Timed out"}
+
+
+def _auth_schemas() -> dict[str, Schema]:
+    change = _object({"auth_revision": _nullable(_int("Counts applied auth changes")),
+                      "header": _ref("Header")}, ("auth_revision", "header"))
+    permission = _object({"type": _enum(PERM_TYPES), "key": _str(),
+                          "range_end": _nullable(_str("\"\\u0000\": every key from key on; "
+                                                      "null: the key alone")),
+                          "encoding": _ITEM_ENCODING}, ("type", "key", "range_end", "encoding"))
+    return {
+        "AuthenticateRequest": _object({"name": _NAME, "password": _PASSWORD},
+                                       ("name", "password"), closed=True),
+        "EmptyRequest": _object({}, closed=True),
+        "UserAddRequest": _object({"name": _NAME, "password": _PASSWORD},
+                                  ("name", "password"), closed=True),
+        "PasswordRequest": _object({"password": _PASSWORD}, ("password",), closed=True),
+        "UserRoleRequest": _object({"role": _NAME}, ("role",), closed=True),
+        "RoleAddRequest": _object({"name": _NAME}, ("name",), closed=True),
+        "PermissionRequest": _selecting(_object({
+            "type": _enum(PERM_TYPES), **_RANGE_OPTIONS, "encoding": _ENCODING},
+            ("type",), closed=True)),
+        "AuthenticateResponse": _object({
+            "token": _str("Send as Authorization: Bearer TOKEN"), "user": _str(),
+            "expires_in": {"type": "number", "description": "Seconds the token lasts"},
+            "header": _ref("Header")}, ("token", "user", "expires_in", "header")),
+        "AuthStatusResponse": _object({
+            "enabled": _bool(), "auth_revision": _int(),
+            "user": _nullable(_str("Who the request was from (null: nobody)")),
+            "header": _ref("Header")}, ("enabled", "auth_revision", "user", "header")),
+        "AuthChangeResponse": change,
+        "UserListResponse": _object({"users": _array(_str()), "header": _ref("Header")},
+                                    ("users", "header")),
+        "RoleListResponse": _object({"roles": _array(_str()), "header": _ref("Header")},
+                                    ("roles", "header")),
+        "UserResponse": _object({"user": _object({"name": _str(), "roles": _array(_str())},
+                                                 ("name", "roles")),
+                                 "header": _ref("Header")}, ("user", "header")),
+        "RoleResponse": _object({"role": _object({
+            "name": _str(), "permissions": _array(permission),
+            "all_keys": _bool("The role root: every key, whatever it lists")},
+            ("name", "permissions", "all_keys")), "header": _ref("Header")},
+            ("role", "header")),
+    }
+
+
+def _path_param(name: str) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": _NAME}
+
+
+def _auth_paths() -> dict[str, Schema]:
+    errors = _AUTH_ERRORS
+    found = {**errors, "404": "No such user or role"}
+    change = {**found, "409": "Already exists, or root is missing (enable)"}
+    user, role = [_path_param("name")], [_path_param("name")]
+    revoke_params = [*role, _query("key", _KEY),
+                     _query("range_end", _RANGE_OPTIONS["range_end"]),
+                     _query("prefix", _bool()), _query("from_key", _bool()),
+                     _query("encoding", _ENCODING)]
+    return {
+        "/v1/auth/authenticate": {"post": _op(
+            "Authenticate", "auth", "AuthenticateResponse", body="AuthenticateRequest",
+            errors={"400": "Invalid argument, or auth is not enabled",
+                    "401": "Wrong user name or password",
+                    "429": "Too many failed sign-ins: see Retry-After"},
+            description="Sign in: a token to send as Authorization: Bearer TOKEN.")},
+        "/v1/auth/status": {"get": _op("Auth status", "auth", "AuthStatusResponse",
+                                       errors={"401": "The token is invalid"})},
+        "/v1/auth/enable": {"post": _op("Auth enable", "auth", "AuthChangeResponse",
+                                        body="EmptyRequest", errors=change,
+                                        description="Needs the user root with the role "
+                                                    "root.")},
+        "/v1/auth/disable": {"post": _op("Auth disable", "auth", "AuthChangeResponse",
+                                         body="EmptyRequest", errors=errors)},
+        "/v1/auth/users": {
+            "get": _op("User list", "auth", "UserListResponse", errors=errors),
+            "post": _op("User add", "auth", "AuthChangeResponse", body="UserAddRequest",
+                        errors=change)},
+        "/v1/auth/users/{name}": {
+            "get": _op("User get", "auth", "UserResponse", params=user, errors=found),
+            "delete": _op("User delete", "auth", "AuthChangeResponse", params=user,
+                          errors=found)},
+        "/v1/auth/users/{name}/password": {"put": _op(
+            "User password", "auth", "AuthChangeResponse", params=user,
+            body="PasswordRequest", errors=found,
+            description="Every token of the user dies with the old password.")},
+        "/v1/auth/users/{name}/roles": {"post": _op(
+            "User grant role", "auth", "AuthChangeResponse", params=user,
+            body="UserRoleRequest", errors=found)},
+        "/v1/auth/users/{name}/roles/{role}": {"delete": _op(
+            "User revoke role", "auth", "AuthChangeResponse",
+            params=[*user, _path_param("role")], errors=found)},
+        "/v1/auth/roles": {
+            "get": _op("Role list", "auth", "RoleListResponse", errors=errors),
+            "post": _op("Role add", "auth", "AuthChangeResponse", body="RoleAddRequest",
+                        errors=change)},
+        "/v1/auth/roles/{name}": {
+            "get": _op("Role get", "auth", "RoleResponse",
+                       params=[*role, _query("encoding", _ENCODING)], errors=found),
+            "delete": _op("Role delete", "auth", "AuthChangeResponse", params=role,
+                          errors=found)},
+        "/v1/auth/roles/{name}/permissions": {
+            "post": _op("Role grant permission", "auth", "AuthChangeResponse", params=role,
+                        body="PermissionRequest", errors=found,
+                        description="Read, write or both on a key, a range or a prefix."),
+            "delete": _op("Role revoke permission", "auth", "AuthChangeResponse",
+                          params=revoke_params, errors=found,
+                          description="The permission on exactly this range (in the "
+                                      "query, or in a body like the grant's without "
+                                      "type).")},
+    }
+
+
 @functools.cache
 def document() -> dict[str, Any]:
     paths = {**_node_paths(), **_kv_paths(), **_lease_paths(), **_watch_paths(),
-             **_cluster_paths(), **_observe_paths(), **_dashboard_paths()}
+             **_cluster_paths(), **_auth_paths(), **_observe_paths(), **_dashboard_paths()}
     return {
         "openapi": "3.1.0",
         "info": {"title": "quorumkv HTTP API", "version": "1",
@@ -600,12 +720,23 @@ def document() -> dict[str, Any]:
         "tags": [{"name": t} for t in TAGS],
         "paths": paths,
         "components": {
-            "schemas": {**_request_schemas(), **_response_schemas()},
+            "schemas": {**_request_schemas(), **_response_schemas(), **_auth_schemas()},
             "responses": {"Error": {"description": "An error, with the client protocol's "
                                                    "code", **_json("Error")}},
-            "securitySchemes": {"clusterToken": {"type": "http", "scheme": "bearer",
-                                                 "description": "The cluster token"}},
+            "securitySchemes": {
+                "clusterToken": {"type": "http", "scheme": "bearer",
+                                 "description": "The cluster token"},
+                "userToken": {"type": "http", "scheme": "bearer",
+                              "description": "A user's token from /v1/auth/authenticate "
+                                             "(needed once auth is enabled)"},
+                "clusterTokenHeader": {"type": "apiKey", "in": "header",
+                                       "name": "X-Cluster-Token",
+                                       "description": "The cluster token, beside a user's "
+                                                      "token in Authorization"}},
         },
+        # Optional while auth is disabled; once enabled, every route but the open ones
+        # (health, status, members, this document, the dashboard's files) needs a user.
+        "security": [{}, {"userToken": []}],
     }
 
 

@@ -12,16 +12,24 @@ import asyncio
 import contextlib
 from typing import Any
 
+from quorumkv.client.auth_wire import AuthTokenRequest
 from quorumkv.client.connection import Connection
 from quorumkv.client.endpoints import parse_endpoint
 from quorumkv.client.protocol import ReadRequest, Request, WaitAppliedRequest
 from quorumkv.errors import NetworkError, QuorumKVError, Timeout
 from quorumkv.kv import RangeRequest
+from quorumkv.security.tls import TLSSettings
 
 
 class ReplicaClients:
-    def __init__(self, *, max_frame: int) -> None:
+    def __init__(self, *, max_frame: int, tls: TLSSettings | None = None,
+                 cluster_token: str = "") -> None:
+        """``tls``: how to reach members whose client ports speak TLS (node_client_tls).
+        ``cluster_token`` signs each connection in as a member (server/client_auth.py), for
+        clusters with auth enabled."""
+        self._cluster_token = cluster_token
         self._max_frame = max_frame
+        self._tls = tls
         self._conns: dict[str, Connection] = {}
         self._lock = asyncio.Lock()
 
@@ -29,7 +37,14 @@ class ReplicaClients:
         async with self._lock:
             conn = self._conns.get(address)
             if conn is None or conn.closed:
-                conn = await Connection.open(parse_endpoint(address), max_frame=self._max_frame)
+                conn = await Connection.open(parse_endpoint(address), max_frame=self._max_frame,
+                                             tls=self._tls)
+                if self._cluster_token:
+                    try:
+                        await conn.request(AuthTokenRequest(token=self._cluster_token))
+                    except BaseException:
+                        await conn.close()
+                        raise
                 self._conns[address] = conn
             return conn
 

@@ -236,9 +236,9 @@ async def drive(op: Operation, window: Window, *, schedule: Schedule | None = No
                 clock: Clock = time.perf_counter, sleep: Sleep = asyncio.sleep) -> None:
     """One worker: send requests until the window says no more.
 
-    A failure that retrying cannot cure (a malformed request, an unbuilt
-    consistency level) is raised, since every request would fail alike; any
-    other error is counted by its code.
+    A failure that retrying cannot cure (a malformed request, one that auth
+    refuses, an unbuilt consistency level) is raised, since every request would
+    fail alike; any other error is counted by its code.
     """
     corrected = schedule is not None and schedule.catch_up
     while True:

@@ -99,6 +99,14 @@ def run_value(options: BenchOptions, seed: int) -> bytes:
     return make_value(options.value_size, random.Random(f"{seed}/value"))
 
 
+def connect(options: BenchOptions, endpoints: Sequence[str], *,
+            timeout: float | None = None) -> AsyncClient:
+    """A client of the run: its TLS settings and credentials, ``options.timeout`` unless
+    another is given."""
+    return AsyncClient(endpoints, timeout=options.timeout if timeout is None else timeout,
+                       tls=options.tls, user=options.user, password=options.password)
+
+
 def worker_rng(seed: int, worker: int) -> random.Random:
     # A string seed is hashed with SHA-512: the same on every run and platform.
     return random.Random(f"{seed}/worker/{worker}")
@@ -117,7 +125,7 @@ async def prefill(options: BenchOptions, value: bytes,
         batches[-1].append(Put(key=key, value=value))
         size += len(key) + len(value)
     queue = iter(batches)
-    clients = [AsyncClient(rotated(options.endpoints, i), timeout=options.timeout)
+    clients = [connect(options, rotated(options.endpoints, i))
                for i in range(min(PREFILL_PARALLEL, len(options.endpoints)))]
 
     async def writer(client: AsyncClient) -> None:
@@ -160,8 +168,8 @@ class LoadProcess:
         time), then load until the window closes."""
         o, share = self.options, self.share
         n_workers, n_watchers = _connections(share.clients), _connections(share.watchers)
-        clients = [AsyncClient(rotated(o.endpoints, share.first_connection + i),
-                               timeout=o.timeout) for i in range(n_workers + n_watchers)]
+        clients = [connect(o, rotated(o.endpoints, share.first_connection + i))
+                   for i in range(n_workers + n_watchers)]
         watches: list[Watch] = []
         watchers: list[asyncio.Task[None]] = []
         try:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from quorumkv.errors import InvalidArgument
+from quorumkv.security.tls import TLSSettings
 from quorumkv.tools.keyspace import KEY_DISTRIBUTIONS, min_key_size
 
 WORKERS_PER_CONNECTION = 8
@@ -72,6 +73,14 @@ class BenchOptions:
     procs: int = 1
     seed: int | None = None
     """None: a random seed, reported with the results so the run can be repeated."""
+    tls: TLSSettings | None = None
+    """How to speak TLS to the nodes (file paths only, so the options pickle to the load
+    processes, which build their own contexts)."""
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    """With ``user``: whom every connection signs in as. It reaches a load process with
+    the rest of the options, pickled over spawn's pipe: never on a command line or in an
+    environment."""
     # Not on bench's command line: what `check perf` changes.
     key_prefix: bytes = KEY_PREFIX
     fresh_keys: bool = False
@@ -95,6 +104,8 @@ class BenchOptions:
             raise InvalidArgument("the duration must be positive")
         if self.requests is not None and self.requests < 1:
             raise InvalidArgument("the number of requests must be at least 1")
+        if (self.user is None) != (self.password is None):
+            raise InvalidArgument("give both user and password, or neither")
         if self.clients < 1 or self.keys < 1 or self.value_size < 0 or self.warmup < 0:
             raise InvalidArgument("clients and keys must be at least 1; sizes and warm-up "
                                   "must not be negative")

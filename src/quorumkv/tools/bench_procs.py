@@ -15,6 +15,11 @@ process over a pipe each:
 3. each sends ``{"result": tally}`` (or ``{"error": ...}``, a quorumkv
    error that stopped it) and exits.
 
+A process gets its options (TLS settings as file paths, from which it builds its
+own contexts; the user and password) as the arguments of its entry point, which
+``spawn`` pickles to it over a pipe: the password is never on a child's command
+line or in its environment.
+
 Counts add up over the shared window, and the latency histograms have the
 same fixed buckets in every process, so the merged percentiles are those of
 all the samples together (histogram.py). While they run, each process

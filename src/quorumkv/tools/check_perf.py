@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from quorumkv.client import AsyncClient, prefix_end
+from quorumkv.client import TLSSettings, prefix_end
 from quorumkv.errors import InvalidArgument, QuorumKVError
 from quorumkv.tools.bench import BenchOptions, BenchReport, BenchRun
+from quorumkv.tools.bench_load import connect
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +78,9 @@ class CheckPerfOptions:
     procs: int = 1
     timeout: float = 5.0
     auto_compact: bool = False
+    tls: TLSSettings | None = None
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.prefix:
@@ -89,7 +93,8 @@ class CheckPerfOptions:
                             duration=self.duration, warmup=0.0, procs=self.procs,
                             key_prefix=prefix, key_size=len(prefix) + KEY_SUFFIX_SIZE,
                             value_size=VALUE_SIZE, fresh_keys=True, catch_up=False,
-                            drain=True, consistency="quorum")
+                            drain=True, consistency="quorum", tls=self.tls,
+                            user=self.user, password=self.password)
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,7 +168,7 @@ class CheckPerfRun:
     async def run(self) -> CheckPerfResult:
         o = self.options
         prefix = o.prefix.encode()
-        async with AsyncClient(o.endpoints, timeout=o.timeout) as client:
+        async with connect(self.bench.options, o.endpoints) as client:
             found = await client.scan_prefix(prefix, limit=1, keys_only=True)
         if found.kvs:
             raise InvalidArgument(f"prefix {o.prefix!r} has keys: delete them first with "
@@ -182,7 +187,8 @@ class CheckPerfRun:
 
     async def _clean_up(self, prefix: bytes) -> int:
         o = self.options
-        async with AsyncClient(o.endpoints, timeout=max(o.timeout, CLEANUP_TIMEOUT_S)) as client:
+        async with connect(self.bench.options, o.endpoints,
+                           timeout=max(o.timeout, CLEANUP_TIMEOUT_S)) as client:
             result = await client.delete(prefix, range_end=prefix_end(prefix))
             if o.auto_compact:
                 await client.compact(result.revision)

@@ -20,7 +20,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from quorumkv.client import AsyncClient
+from quorumkv.client import AsyncClient, TLSSettings
 from quorumkv.errors import QuorumKVError
 
 MEMBER_TIMEOUT = 2.0
@@ -68,14 +68,16 @@ class ClusterView:
                 "members": [m.to_json() for m in self.members]}
 
 
-async def membership(endpoints: Sequence[str], timeout: float) -> dict[str, Any]:
+async def membership(endpoints: Sequence[str], timeout: float,
+                     tls: TLSSettings | None = None) -> dict[str, Any]:
     """The status of whichever node of ``endpoints`` answers first."""
-    async with AsyncClient(endpoints, timeout=timeout) as c:
+    async with AsyncClient(endpoints, timeout=timeout, tls=tls) as c:
         return await c.status()
 
 
-async def cluster_view(endpoints: Sequence[str], timeout: float) -> ClusterView:
-    first = await membership(endpoints, timeout)
+async def cluster_view(endpoints: Sequence[str], timeout: float,
+                       tls: TLSSettings | None = None) -> ClusterView:
+    first = await membership(endpoints, timeout, tls)
     members: list[dict[str, Any]] = list(first.get("members") or [])
     per_member = min(timeout, MEMBER_TIMEOUT)
 
@@ -86,7 +88,7 @@ async def cluster_view(endpoints: Sequence[str], timeout: float) -> ClusterView:
         if not address:
             return QuorumKVError("no client address known for this member")
         try:
-            return await membership([address], per_member)
+            return await membership([address], per_member, tls)
         except QuorumKVError as err:
             return err
 

@@ -79,6 +79,19 @@ warning; the listener keeps serving every other. A well-formed message
 addressed to another node id is dropped and counted (``misdirected``): after
 a membership change an address may serve a different node.
 
+Mutual TLS
+----------
+Given SSL contexts (security/tls.py ``peer_contexts``), both directions speak
+TLS and each side requires the other's certificate to be signed by the
+cluster CA. A valid certificate is not enough: it must also name the member
+it speaks for, i.e. carry a name (a SAN DNS name or the common name) whose
+``node_id_for`` is that member's id. Our outbound link checks the listener
+it reached (before writing the handshake) against the peer it meant to
+reach; an inbound connection is checked against the sender id of its
+handshake. A mismatch is a ProtocolError ("certificate names X, not member
+Y") that closes the connection with a warning. Snapshots travel on the
+same connections, so they are covered too.
+
 Tasks
 -----
 Every task (one per link, one per inbound connection) is created by the
@@ -94,6 +107,7 @@ import collections
 import contextlib
 import logging
 import random
+import ssl
 import struct
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
@@ -102,6 +116,7 @@ from typing import Any
 
 from quorumkv.errors import NetworkError, ProtocolError, StorageError
 from quorumkv.raft.messages import InstallSnapshot, Message
+from quorumkv.security.tls import names_member
 from quorumkv.storage.snapshot_store import DEFAULT_CHUNK_SIZE, SnapshotStore
 from quorumkv.transport.framing import HEADER, FrameDecoder, FrameTooLarge, encode_frame
 from quorumkv.transport.peer_codec import decode_message, encode_message
@@ -197,6 +212,7 @@ class _LinkConfig:
     backoff_max: float
     chunk_size: int
     resume_wait: float
+    ssl: ssl.SSLContext | None = None
 
 
 class _PeerLink:
@@ -297,7 +313,9 @@ class _PeerLink:
             while True:
                 try:
                     reader, writer = await self._connect()
-                except OSError as e:  # includes refused, unreachable and TimeoutError
+                # OSError includes refused, unreachable, TimeoutError and TLS failures;
+                # ProtocolError is a certificate naming another member.
+                except (OSError, ProtocolError) as e:
                     self._failed(f"cannot connect to {self.host}:{self.port}: "
                                  f"{e or type(e).__name__}")
                     await self._pause()
@@ -346,8 +364,11 @@ class _PeerLink:
         self._address_changed.clear()
         host, port = self.host, self.port
         async with asyncio.timeout(self._cfg.connect_timeout):
-            reader, writer = await asyncio.open_connection(host, port, limit=_READ_SIZE)
+            reader, writer = await asyncio.open_connection(host, port, limit=_READ_SIZE,
+                                                           ssl=self._cfg.ssl)
         try:
+            if self._cfg.ssl is not None:
+                check_peer_identity(writer, self.peer_id)
             writer.write(encode_handshake(self._cfg.cluster_id, self._cfg.node_id))
             async with asyncio.timeout(self._cfg.write_timeout):
                 await writer.drain()
@@ -454,6 +475,15 @@ class _PeerLink:
         return job
 
 
+def check_peer_identity(writer: asyncio.StreamWriter, node_id: int) -> None:
+    """Raise ProtocolError unless the connection's TLS certificate names member ``node_id``
+    (see "Mutual TLS" in the module doc)."""
+    ok, names = names_member(writer.get_extra_info("ssl_object"), node_id)
+    if not ok:
+        raise ProtocolError(f"certificate names {', '.join(names) or 'nothing'}, not member "
+                            f"{node_id}")
+
+
 def _frame(tag: int, body: bytes, max_frame: int) -> bytes:
     return encode_frame(bytes((tag,)) + body, max_frame)
 
@@ -490,7 +520,13 @@ class PeerTransport:
                  handshake_timeout: float = 10.0,
                  backoff_initial: float = 0.05, backoff_max: float = 2.0,
                  snapshot_resume_wait: float = 1.0,
-                 max_inbound: int = 1024, rng: random.Random | None = None) -> None:
+                 max_inbound: int = 1024, rng: random.Random | None = None,
+                 server_ssl: ssl.SSLContext | None = None,
+                 client_ssl: ssl.SSLContext | None = None) -> None:
+        """``server_ssl``/``client_ssl``: mutual TLS for connections peers open to us and
+        for ours to them (security/tls.py peer_contexts); both or neither."""
+        if (server_ssl is None) != (client_ssl is None):
+            raise ValueError("mutual TLS needs both server_ssl and client_ssl")
         if max_frame < 4 * CHUNK_OVERHEAD:
             raise ValueError(f"max_frame of {max_frame} bytes is too small")
         if max_queue < 1:
@@ -506,13 +542,14 @@ class PeerTransport:
         self._cluster_id = cluster_id
         self._handshake_timeout = handshake_timeout
         self._max_inbound = max_inbound
+        self._server_ssl = server_ssl
         # Chunks travel as frames, so they must fit the frame limit both sides enforce.
         self._cfg = _LinkConfig(
             node_id=node_id, cluster_id=cluster_id, max_frame=max_frame, max_queue=max_queue,
             connect_timeout=connect_timeout, write_timeout=write_timeout,
             backoff_initial=backoff_initial, backoff_max=backoff_max,
             chunk_size=min(snapshot_chunk_size, max_frame - CHUNK_OVERHEAD),
-            resume_wait=snapshot_resume_wait)
+            resume_wait=snapshot_resume_wait, ssl=client_ssl)
         self._rng = rng if rng is not None else random.Random()
         self._links: dict[int, _PeerLink] = {}
         self._tasks: set[asyncio.Task[None]] = set()
@@ -539,8 +576,11 @@ class PeerTransport:
         if self._server is not None or self._closed:
             raise RuntimeError("PeerTransport.start() may be called once, before close()")
         try:
-            self._server = await asyncio.start_server(self._accept, self._host, self._port,
-                                                      limit=_READ_SIZE)
+            # A stranger stalling its TLS handshake holds no inbound slot: bound it as the
+            # plaintext handshake is.
+            self._server = await asyncio.start_server(
+                self._accept, self._host, self._port, limit=_READ_SIZE, ssl=self._server_ssl,
+                ssl_handshake_timeout=self._handshake_timeout if self._server_ssl else None)
         except OSError as e:
             raise NetworkError(f"cannot listen for peers on {self._host}:{self._port}: {e}",
                                host=self._host, port=self._port) from e
@@ -675,6 +715,8 @@ class PeerTransport:
                 raise ProtocolError(f"no handshake within {self._handshake_timeout} s") from None
             except asyncio.IncompleteReadError:
                 raise ProtocolError("connection closed during the handshake") from None
+            if self._server_ssl is not None:
+                check_peer_identity(writer, sender)
             self._register(writer, sender)
             decoder = FrameDecoder(self._max_frame)
             on_arrival = self._on_arrival

@@ -208,6 +208,131 @@
     return value;
   }
 
+  // ---------------------------------------------------------------- signing in
+  //
+  // With auth enabled the API answers 401 to a request without a user: the page then shows
+  // a sign-in form in place of its content. The token lives in sessionStorage (this tab
+  // only, gone when it closes) and goes in an Authorization header on every request,
+  // never in a URL. A 403 is a panel's business: it says "not permitted" and the rest
+  // of the page carries on.
+  const TOKEN_KEY = "quorumkv.token";
+  const USER_KEY = "quorumkv.user";
+
+  function storedToken() {
+    try {
+      return sessionStorage.getItem(TOKEN_KEY);
+    } catch {
+      return null;  // storage disabled: the page then works only without auth
+    }
+  }
+
+  function storeToken(token, user) {
+    try {
+      if (token) {
+        sessionStorage.setItem(TOKEN_KEY, token);
+        sessionStorage.setItem(USER_KEY, user);
+      } else {
+        sessionStorage.removeItem(TOKEN_KEY);
+        sessionStorage.removeItem(USER_KEY);
+      }
+    } catch {
+      // Nothing to keep it in: the user signs in again after a reload.
+    }
+  }
+
+  function apiHeaders(extra) {
+    const headers = { Accept: "application/json", ...(extra || {}) };
+    const token = storedToken();
+    if (token) headers.Authorization = `Bearer ${token}`;
+    return headers;
+  }
+
+  function renderSignedIn() {
+    let user = null;
+    try {
+      user = storedToken() ? sessionStorage.getItem(USER_KEY) : null;
+    } catch {
+      user = null;
+    }
+    $("signed-in").hidden = !user;
+    $("signed-in-user").textContent = user ? `signed in as ${user}` : "";
+  }
+
+  function showSignIn(message) {
+    const form = $("signin");
+    const wasHidden = form.hidden;
+    form.hidden = false;
+    $("content").hidden = true;
+    const err = $("signin-error");
+    err.hidden = !message;
+    err.textContent = message || "";
+    if (wasHidden) $("signin-user").focus();
+  }
+
+  function hideSignIn() {
+    $("signin").hidden = true;
+    $("content").hidden = false;
+    $("signin-error").hidden = true;
+  }
+
+  // The node said nobody (or an expired or revoked token) is asking.
+  function needSignIn(e) {
+    const had = storedToken();
+    if (had) storeToken(null);
+    renderSignedIn();
+    // Every poller meets the 401: the first one shows the form, the others leave it (and
+    // any message on it, such as a failed sign-in's) alone.
+    if (!had && !$("signin").hidden) return;
+    showSignIn(had && e.code === "invalid_token" ? "Your session ended: sign in again." : "");
+  }
+
+  async function signIn(ev) {
+    ev.preventDefault();
+    const name = $("signin-user").value;
+    const password = $("signin-password").value;
+    const button = $("signin-submit");
+    button.disabled = true;
+    try {
+      let resp;
+      let body = null;
+      try {
+        resp = await fetch("/v1/auth/authenticate", {
+          method: "POST", cache: "no-store",
+          headers: { Accept: "application/json", "Content-Type": "application/json" },
+          body: JSON.stringify({ name, password }),
+        });
+        body = await resp.json();
+      } catch {
+        showSignIn("The node did not answer: try again.");
+        return;
+      }
+      if (!resp.ok || !body || typeof body.token !== "string") {
+        const e = body && body.error ? body.error : {};
+        const wait = resp.headers.get("Retry-After");
+        showSignIn(resp.status === 429 && wait
+          ? `Too many failed sign-ins: try again in ${wait} s.`
+          : resp.status === 401 ? "Wrong user name or password." : (e.message || "Sign-in failed."));
+        return;
+      }
+      storeToken(body.token, String(body.user));
+      $("signin-password").value = "";
+      renderSignedIn();
+      hideSignIn();
+      pollStatus();
+      pollEvents();
+      pollStats();
+    } finally {
+      button.disabled = false;
+    }
+  }
+
+  function signOut(ev) {
+    ev.preventDefault();
+    storeToken(null);
+    renderSignedIn();
+    showSignIn("");
+  }
+
   async function getJSON(path) {
     const ctrl = new AbortController();
     const timer = setTimeout(() => ctrl.abort(), FETCH_TIMEOUT_MS);
@@ -215,7 +340,7 @@
       let resp;
       try {
         resp = await fetch(path, { signal: ctrl.signal, cache: "no-store",
-                                   headers: { Accept: "application/json" } });
+                                   headers: apiHeaders() });
       } catch {
         throw new NetworkError(ctrl.signal.aborted
           ? `no answer within ${FETCH_TIMEOUT_MS / 1000} s`
@@ -231,8 +356,10 @@
       }
       if (!resp.ok) {
         const e = body && typeof body.error === "object" && body.error ? body.error : {};
-        throw new ApiError(resp.status, e.code || `http_${resp.status}`,
-                           e.message || resp.statusText || "request failed");
+        const err = new ApiError(resp.status, e.code || `http_${resp.status}`,
+                                 e.message || resp.statusText || "request failed");
+        if (resp.status === 401) needSignIn(err);
+        throw err;
       }
       if (body === null || typeof body !== "object") {
         throw new ApiError(resp.status, "bad_answer", "the answer was not a JSON object");
@@ -244,6 +371,8 @@
   }
   const isFetchError = (e) => e instanceof ApiError || e instanceof NetworkError;
   function describe(e) {
+    if (e instanceof ApiError && e.status === 403) return "not permitted";
+    if (e instanceof ApiError && e.status === 401) return "sign in to see this";
     if (e instanceof ApiError) return `${e.status} ${e.code}: ${e.message}`;
     return e.message;
   }
@@ -1225,6 +1354,9 @@
       b.addEventListener("click", () => applyEventFilter(b.dataset.filter));
     }
     $("kv-form").addEventListener("submit", scan);
+    $("signin-form").addEventListener("submit", signIn);
+    $("sign-out").addEventListener("click", signOut);
+    renderSignedIn();
     $("kv-detail-close").addEventListener("click", closeDetail);
     for (const b of $("kv-view").querySelectorAll("button")) {
       b.addEventListener("click", () => {
