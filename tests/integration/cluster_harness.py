@@ -221,8 +221,10 @@ class Cluster:
 
 @contextlib.contextmanager
 def running_cluster(tmp_path: Path, size: int = 3, *, extra: list[str] | None = None,
-                    data_dirs: dict[str, Path] | None = None) -> Iterator[Cluster]:
-    """``data_dirs`` puts some members' data elsewhere (e.g. on a small filesystem)."""
+                    data_dirs: dict[str, Path] | None = None,
+                    per_node: Callable[[str], list[str]] | None = None) -> Iterator[Cluster]:
+    """``data_dirs`` puts some members' data elsewhere (e.g. on a small filesystem);
+    ``per_node(name)`` gives a member flags of its own (its certificate, say)."""
     ports = free_ports(3 * size)
     names = [f"n{i + 1}" for i in range(size)]
     initial = ",".join(f"{n}=127.0.0.1:{ports[i]}" for i, n in enumerate(names))
@@ -236,7 +238,7 @@ def running_cluster(tmp_path: Path, size: int = 3, *, extra: list[str] | None = 
                 "--client-listen", f"127.0.0.1:{ports[size + i]}",
                 "--http-listen", f"127.0.0.1:{ports[2 * size + i]}",
                 "--initial-cluster", initial, "--client-urls", clients,
-                "--tick-ms", "50", *(extra or [])]
+                "--tick-ms", "50", *(extra or []), *(per_node(name) if per_node else [])]
         cluster.nodes.append(NodeProcess(name=name, data_dir=data_dir,
                                          peer_port=ports[i], client_port=ports[size + i],
                                          args=args, log_path=tmp_path / f"{name}.log",

@@ -313,6 +313,9 @@ def test_auth_survives_a_full_restart_and_reaches_a_member_by_snapshot(
                                                consistency="one"))
             await conn.close()
         wait_until(lambda: _quiet(lambda: _run(on_joiner)), timeout=120)
+        assert "installed a snapshot" in joiner.log_path.read_text(errors="replace")
+        # Identical everywhere: users, their roles, roles and their permissions.
+        wait_until(lambda: _quiet(lambda: _same_auth_everywhere(c)), timeout=120)
         for node in c.nodes:
             node.terminate()
         for node in c.nodes:
@@ -327,6 +330,36 @@ def test_auth_survives_a_full_restart_and_reaches_a_member_by_snapshot(
             with pytest.raises(PermissionDenied):
                 await _on_leader(c, "reader", WriteRequest(cmd=Put(key=b"app/1", value=b"x")))
         wait_until(lambda: _quiet(lambda: _run(after_restart)), timeout=120)
+        wait_until(lambda: _quiet(lambda: _same_auth_everywhere(c)), timeout=120)
+
+
+def _auth_state(address: str) -> dict[str, Any]:
+    """Everything a node says about users and roles (each answer after a read barrier)."""
+    async def go() -> dict[str, Any]:
+        conn = await _open(address, "root")
+        try:
+            status = await conn.request(AuthRequest(action="status"))
+            users = (await conn.request(AuthRequest(action="user_list")))["users"]
+            roles = (await conn.request(AuthRequest(action="role_list")))["roles"]
+            return {
+                "enabled": status["enabled"], "revision": status["auth_revision"],
+                "users": {u: (await conn.request(AuthRequest(action="user_get", name=u)))
+                          ["user"] for u in users},
+                "roles": {r: (await conn.request(AuthRequest(action="role_get", role=r)))
+                          ["role"] for r in roles}}
+        finally:
+            await conn.close()
+    state: dict[str, Any] = _run(go)
+    return state
+
+
+def _same_auth_everywhere(cluster: Cluster) -> bool:
+    states = [_auth_state(n.client_address) for n in cluster.nodes]
+    assert states[0]["enabled"] and len(states[0]["users"]) == len(USERS) + 1
+    # Each answer follows a read barrier, so every node has applied every auth change.
+    for node, state in zip(cluster.nodes, states, strict=True):
+        assert state == states[0], node.name
+    return True
 
 
 def _quiet(fn: Callable[[], object]) -> bool:

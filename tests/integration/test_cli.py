@@ -21,9 +21,9 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from cli_results import as_json, failed, ok
 from cluster_harness import Cluster, bindable, free_ports, running_cluster
 
 from quorumkv.client import CompareOp, CompareTarget, DeleteRange, Put, RangeRequest
@@ -49,22 +49,6 @@ def cli(endpoints: list[str] | str, *args: str, stdin: str | None = None,
     return subprocess.run([sys.executable, "-m", "quorumkv.cli", *args, "--endpoints", eps],
                           input=stdin, capture_output=True, text=True, timeout=CLI_TIMEOUT,
                           check=False)
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
-    return result.stdout
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(ok(result))
-
-
-def failed(result: subprocess.CompletedProcess[str], code: str) -> str:
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert f"error ({code}):" in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stderr
 
 
 # -- key-value commands ------------------------------------------------------------------

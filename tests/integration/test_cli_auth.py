@@ -8,14 +8,13 @@ workers. Each process is run by subprocess.run, which kills it by pid if it over
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
+from cli_results import as_json, failed, ok
 from cluster_harness import Cluster, running_cluster
 
 pytestmark = pytest.mark.timeout(300)
@@ -44,22 +43,6 @@ def cli(c: Cluster, *args: str, before: tuple[str, ...] = (), stdin: str | None 
                           input=stdin if stdin is not None else "", capture_output=True,
                           text=True, timeout=CLI_TIMEOUT, check=False,
                           env={**base, **(env or {})})
-
-
-def ok(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
-    return result.stdout
-
-
-def as_json(result: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(ok(result))
-
-
-def failed(result: subprocess.CompletedProcess[str], code: str) -> str:
-    assert result.returncode == 1, (result.returncode, result.stdout, result.stderr)
-    assert f"error ({code}):" in result.stderr, result.stderr
-    assert "Traceback" not in result.stderr
-    return result.stderr
 
 
 def _enable_needs_the_user_root(cluster: Cluster) -> None:

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_harness import Cluster, NodeProcess, free_ports, running_cluster, wait_until
+from cluster_harness import Cluster, NodeProcess, running_cluster, wait_until
 from cryptography import x509
 
 from quorumkv.client import Client, TLSSettings
@@ -70,33 +70,10 @@ def reload_config(tmp_path: Path) -> list[str]:
     return ["--config", str(path)]
 
 
-@contextlib.contextmanager
 def cluster_of(tmp_path: Path, flags: Callable[[str], list[str]], size: int = 3,
-               ) -> Iterator[Cluster]:
-    """Like running_cluster, but each member's flags come from ``flags(name)``."""
-    ports = free_ports(3 * size)
-    names = [f"n{i + 1}" for i in range(size)]
-    initial = ",".join(f"{n}=127.0.0.1:{ports[i]}" for i, n in enumerate(names))
-    clients = ",".join(f"{n}=127.0.0.1:{ports[size + i]}" for i, n in enumerate(names))
-    cluster = Cluster()
-    for i, name in enumerate(names):
-        args = [sys.executable, "-m", "quorumkv.cli", "serve", "--name", name,
-                "--data-dir", str(tmp_path / name),
-                "--peer-listen", f"127.0.0.1:{ports[i]}",
-                "--client-listen", f"127.0.0.1:{ports[size + i]}",
-                "--http-listen", f"127.0.0.1:{ports[2 * size + i]}",
-                "--initial-cluster", initial, "--client-urls", clients, "--tick-ms", "50",
-                *flags(name)]
-        cluster.nodes.append(NodeProcess(name=name, data_dir=tmp_path / name,
-                                         peer_port=ports[i], client_port=ports[size + i],
-                                         args=args, log_path=tmp_path / f"{name}.log",
-                                         http_port=ports[2 * size + i]))
-    try:
-        for n in cluster.nodes:
-            n.start()
-        yield cluster
-    finally:
-        cluster.stop()
+               ) -> contextlib.AbstractContextManager[Cluster]:
+    """A cluster whose members' TLS flags come from ``flags(name)``."""
+    return running_cluster(tmp_path, size, per_node=flags)
 
 
 def tls_for(ca_dir: Path, user: str | None = None) -> TLSSettings:

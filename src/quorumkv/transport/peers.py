@@ -232,8 +232,9 @@ class _PeerLink:
         self._wakeup = asyncio.Event()
         self._address_changed = asyncio.Event()
         self._overflowing = False
-        self._down = False
-        """The last attempt failed: further failures are logged quietly until one succeeds."""
+        self._down: str | None = None
+        """What the last attempt failed with (None: it did not): further failures of the
+        same kind are logged quietly until one succeeds."""
         self.task: asyncio.Task[None] | None = None
         self.connected = False
         self.sent = self.pings_sent = self.dropped = self.failures = self.snapshot_bytes = 0
@@ -317,7 +318,7 @@ class _PeerLink:
                 # ProtocolError is a certificate naming another member.
                 except (OSError, ProtocolError) as e:
                     self._failed(f"cannot connect to {self.host}:{self.port}: "
-                                 f"{e or type(e).__name__}")
+                                 f"{e or type(e).__name__}", type(e).__name__)
                     await self._pause()
                     continue
                 connected_at = loop.time()
@@ -327,7 +328,7 @@ class _PeerLink:
                     moved = True
                 except OSError as e:
                     self._failed(f"connection to {self.host}:{self.port} broke: "
-                                 f"{e or type(e).__name__}")
+                                 f"{e or type(e).__name__}", type(e).__name__)
                 finally:
                     self.connected = False
                     if moved:
@@ -344,12 +345,14 @@ class _PeerLink:
         finally:
             self.fail_snapshots()
 
-    def _failed(self, why: str) -> None:
+    def _failed(self, why: str, kind: str) -> None:
         self.failures += 1
-        # Warn once per outage: a peer that stays down is retried for a long time.
-        log.log(logging.DEBUG if self._down else logging.WARNING, "peer %d: %s",
+        # Warn once per outage, and again when its cause changes (refused while the peer
+        # starts, then its certificate is not trusted): a peer that stays down is retried
+        # for a long time.
+        log.log(logging.DEBUG if self._down == kind else logging.WARNING, "peer %d: %s",
                 self.peer_id, why)
-        self._down = True
+        self._down = kind
         self.connected = False
         self.fail_snapshots()
         self._on_failure(self.peer_id)
@@ -376,7 +379,7 @@ class _PeerLink:
             await _close_writer(writer)
             raise
         self.connected = True
-        self._down = False
+        self._down = None
         log.info("connected to node %d at %s:%d", self.peer_id, host, port)
         return reader, writer
 
