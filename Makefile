@@ -9,7 +9,7 @@ SEED ?=
 NODES ?= 5
 DURATION ?= 600
 
-.PHONY: test browser lint run sim-demo sim replay chaos compare clean
+.PHONY: test browser etcdctl lint run sim-demo sim replay chaos compare clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
-test: $(STAMP) browser
+test: $(STAMP) browser etcdctl
 	$(BIN)/python -m pytest -n 2 tests
 
 # The dashboard's test drives the system's Chromium (never a downloaded browser).
@@ -28,6 +28,14 @@ browser:
 	  apt-get install -y -q chromium >/dev/null 2>&1 || \
 	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q chromium >/dev/null 2>&1; } || \
 	  echo "could not install chromium: the dashboard's browser test will be skipped"
+
+# The etcd API's tests drive etcd's own command line (etcdctl 3.4, unmodified). As root,
+# install Debian's package when it is missing; elsewhere those tests skip and say why.
+etcdctl:
+	@command -v etcdctl >/dev/null 2>&1 || [ "$$(id -u)" != 0 ] || \
+	  apt-get install -y -q etcd-client >/dev/null 2>&1 || \
+	  { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q etcd-client >/dev/null 2>&1; } || \
+	  echo "could not install etcd-client: the etcdctl tests will be skipped"
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

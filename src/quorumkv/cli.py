@@ -60,6 +60,9 @@ for _command in (user, role, auth):
 @click.option("--http-listen", default=None,
               help="HOST:PORT for the HTTP API, metrics and dashboard, or 'off' "
                    "[127.0.0.1:7201].")
+@click.option("--etcd-listen", default=None,
+              help="HOST:PORT for the etcd v3 API (gRPC: etcdctl, etcd's client libraries), "
+                   "or 'off' [off].")
 @click.option("--peer-advertise", default=None,
               help="HOST:PORT other members reach the peer port at, if not --peer-listen.")
 @click.option("--client-advertise", default=None,
@@ -92,7 +95,8 @@ for _command in (user, role, auth):
               help="human: one readable line per record; json: one JSON object per line.")
 @serve_tls_options
 def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
-          client_listen: str | None, http_listen: str | None, peer_advertise: str | None,
+          client_listen: str | None, http_listen: str | None, etcd_listen: str | None,
+          peer_advertise: str | None,
           client_advertise: str | None,
           initial_cluster: str | None, client_urls: str | None,
           cluster_token: str | None, join: str | None, leave_on_shutdown: bool | None,
@@ -119,6 +123,11 @@ def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
                 settings["http_port"] = None
             else:
                 settings["http_host"], settings["http_port"] = parse_address(http_listen)
+        if etcd_listen is not None:
+            if etcd_listen.lower() == "off":
+                settings["etcd_port"] = None
+            else:
+                settings["etcd_host"], settings["etcd_port"] = parse_address(etcd_listen)
         if initial_cluster is not None:
             settings["initial_cluster"] = parse_initial_cluster(initial_cluster)
         if client_urls is not None:

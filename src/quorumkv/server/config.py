@@ -64,6 +64,10 @@ class NodeConfig:
     0 takes any free port."""
     max_http_body_bytes: int = 2 << 20
     """An HTTP request body above this is refused with 413 before it is read whole."""
+    etcd_host: str = "127.0.0.1"
+    etcd_port: int | None = None
+    """The etcd v3 API (gRPC, docs/etcd-compatibility.md); None (the default) turns it
+    off, 0 takes any free port."""
     initial_cluster: dict[str, tuple[str, int]] = field(default_factory=dict)
     """Peer addresses of the initial members (this node included)."""
     client_addresses: dict[str, str] = field(default_factory=dict)
@@ -187,6 +191,8 @@ class NodeConfig:
                                   "must be positive, acceptable_pause_s not negative")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise InvalidArgument("http_port must be between 0 and 65535")
+        if self.etcd_port is not None and not 0 <= self.etcd_port <= 65535:
+            raise InvalidArgument("etcd_port must be between 0 and 65535")
         if self.max_http_body_bytes < 1024:
             raise InvalidArgument("max_http_body_bytes must be at least 1024")
         if (self.max_watches < 1 or self.max_watches_per_connection < 1
@@ -239,6 +245,10 @@ class NodeConfig:
     @property
     def http_address(self) -> str | None:
         return None if self.http_port is None else f"{self.http_host}:{self.http_port}"
+
+    @property
+    def etcd_address(self) -> str | None:
+        return None if self.etcd_port is None else f"{self.etcd_host}:{self.etcd_port}"
 
     @property
     def client_address(self) -> str:

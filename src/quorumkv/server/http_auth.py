@@ -104,7 +104,7 @@ def user_token(request: web.Request) -> str | None:
     return value
 
 
-def _forward_token(node: Node, user: str) -> str | None:
+def forward_token(node: Node, user: str) -> str | None:
     """A short-lived token for a certificate user, so that the leader acts as them for a
     request sent on (our connection to it presents this node's certificate, not theirs).
     Signed with the cluster's replicated secret, as every member verifies it."""
@@ -136,7 +136,7 @@ def caller(request: web.Request, node: Node) -> Caller:
         elif node.config.client_cert_auth:
             user = request_cert_user(request)
             if user is not None:
-                found = Caller(user, _forward_token(node, user))
+                found = Caller(user, forward_token(node, user))
     # With auth disabled here, a token still goes to the leader with a request sent on:
     # the leader may already have applied the enable this node has not, and checks it.
     request[_CALLER] = found

@@ -37,7 +37,7 @@ import signal
 import time
 from collections.abc import Collection
 from dataclasses import asdict, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from quorumkv.client import protocol
 from quorumkv.client.coordination_wire import WatchRequest
@@ -84,6 +84,9 @@ from quorumkv.server.state_machine_io import restore_snapshot
 from quorumkv.server.watches import WatchHub, WatchStream
 from quorumkv.storage import SnapshotStore, WriteAheadLog
 from quorumkv.transport.peers import PeerTransport
+
+if TYPE_CHECKING:
+    from quorumkv.etcd.server import EtcdServer
 
 log = logging.getLogger(__name__)
 
@@ -138,6 +141,7 @@ class Node:
         self.transport: Any = None
         self.client_server: Any = None
         self.http_server: HttpServer | None = None
+        self.etcd_server: EtcdServer | None = None
         self.wal: WriteAheadLog | None = None
         self.kv: KVStore | None = None
         self.replicas = ReplicaClients(max_frame=config.max_request_bytes,
@@ -363,16 +367,25 @@ class Node:
             self.http_server = HttpServer(self, host=cfg.http_host, port=cfg.http_port,
                                           max_body=cfg.max_http_body_bytes, ssl=client_ssl)
             await self.http_server.start()
+        if cfg.etcd_port is not None:
+            # Imported here: a node without the etcd port never loads gRPC.
+            from quorumkv.etcd.server import EtcdServer  # noqa: PLC0415
+
+            self.etcd_server = EtcdServer(self, cfg.etcd_host, cfg.etcd_port)
+            await self.etcd_server.start()
         self.started = True
         client = f"{cfg.client_host}:{self.client_server.port}"
         peer = f"{cfg.peer_host}:{self.transport.port}"
         http = (f"{cfg.http_host}:{self.http_server.port}" if self.http_server is not None
                 else None)
+        etcd = self.etcd_server.address if self.etcd_server is not None else None
         self.events.record(ev.NODE_STARTED, f"node {cfg.name} (id {self.node_id}) serving "
-                           f"clients on {client}, peers on {peer}", name=cfg.name,
+                           f"clients on {client}, peers on {peer}"
+                           + (f", the etcd API on {etcd}" if etcd else ""), name=cfg.name,
                            # As text: 64-bit ids lose digits as JSON numbers in a browser.
                            id=str(self.node_id), cluster_id=str(self.cluster_id),
-                           client_address=client, peer_address=peer, http_address=http)
+                           client_address=client, peer_address=peer, http_address=http,
+                           etcd_address=etcd)
         if self.http_server is not None:
             log.info("HTTP API, metrics and dashboard on %s://%s:%d/",
                      "https" if client_ssl else "http", cfg.http_host, self.http_server.port)
@@ -491,6 +504,8 @@ class Node:
         await self.leases.close()
         if self.http_server is not None:
             await self.http_server.close()
+        if self.etcd_server is not None:
+            await self.etcd_server.close()
         if self.client_server is not None:
             await self.client_server.close(grace=grace)
         assert self.group is not None
