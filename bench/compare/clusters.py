@@ -119,9 +119,10 @@ class Cluster:
                 m.proc.wait(timeout=STOP_TIMEOUT)
 
 
-def quorumkv_cluster(workdir: Path) -> Cluster:
-    """As tests/integration/cluster_harness.py starts one, but with the default tick."""
-    ports = free_ports(3 * SIZE)
+def quorumkv_cluster(workdir: Path, *, etcd_api: bool = False) -> Cluster:
+    """As tests/integration/cluster_harness.py starts one, but with the default tick.
+    ``etcd_api``: each member also serves the etcd v3 API, and the endpoints are those."""
+    ports = free_ports(4 * SIZE)
     names = [f"n{i + 1}" for i in range(SIZE)]
     initial = ",".join(f"{n}=127.0.0.1:{ports[i]}" for i, n in enumerate(names))
     clients = ",".join(f"{n}=127.0.0.1:{ports[SIZE + i]}" for i, n in enumerate(names))
@@ -134,9 +135,12 @@ def quorumkv_cluster(workdir: Path) -> Cluster:
                 "--client-listen", f"127.0.0.1:{ports[SIZE + i]}",
                 "--http-listen", f"127.0.0.1:{ports[2 * SIZE + i]}",
                 "--initial-cluster", initial, "--client-urls", clients]
+        if etcd_api:
+            args += ["--etcd-listen", f"127.0.0.1:{ports[3 * SIZE + i]}"]
         members.append(Member(name=name, args=args, log_path=workdir / f"{name}.log", env=env))
+    first = 3 * SIZE if etcd_api else SIZE
     return Cluster(label="quorumkv", members=members,
-                   endpoints=[f"127.0.0.1:{ports[SIZE + i]}" for i in range(SIZE)])
+                   endpoints=[f"127.0.0.1:{ports[first + i]}" for i in range(SIZE)])
 
 
 def etcd_cluster(workdir: Path, etcd: str) -> Cluster:

@@ -71,6 +71,9 @@ for _command in (user, role, auth):
               help="Initial members: NAME=PEERHOST:PORT,... (this node included).")
 @click.option("--client-urls", default=None,
               help="Client addresses of the members, NAME=HOST:PORT,... (for redirects).")
+@click.option("--etcd-urls", default=None,
+              help="etcd API addresses of the members, NAME=HOST:PORT,... (the client URLs "
+                   "the etcd port's member list gives).")
 @click.option("--cluster-token", "--token", "cluster_token", default=None,
               envvar="QUORUMKV_TOKEN",
               help="The cluster's shared secret: needed to join and to change the membership "
@@ -98,7 +101,7 @@ def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
           client_listen: str | None, http_listen: str | None, etcd_listen: str | None,
           peer_advertise: str | None,
           client_advertise: str | None,
-          initial_cluster: str | None, client_urls: str | None,
+          initial_cluster: str | None, client_urls: str | None, etcd_urls: str | None,
           cluster_token: str | None, join: str | None, leave_on_shutdown: bool | None,
           max_voters: int | None, promote_lag: int | None, tick_ms: int | None,
           election_ticks: int | None, snapshot_threshold: int | None,
@@ -133,6 +136,9 @@ def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
         if client_urls is not None:
             settings["client_addresses"] = {
                 n: f"{h}:{p}" for n, (h, p) in parse_initial_cluster(client_urls).items()}
+        if etcd_urls is not None:
+            settings["etcd_addresses"] = {
+                n: f"{h}:{p}" for n, (h, p) in parse_initial_cluster(etcd_urls).items()}
         if join is not None:
             settings["join"] = parse_endpoints(join)
         if peer_advertise is not None:

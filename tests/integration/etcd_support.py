@@ -60,9 +60,11 @@ def etcd_cluster(tmp_path: Path, size: int = 3) -> Iterator[EtcdCluster]:
     """``size`` members, each with an etcd port, once every one answers a Range."""
     names = [f"n{i + 1}" for i in range(size)]
     ports = dict(zip(names, free_ports(size), strict=True))
+    # --etcd-urls: MemberList gives each member's etcd port as its client URL.
+    urls = ",".join(f"{name}=127.0.0.1:{port}" for name, port in ports.items())
     with running_cluster(tmp_path, size,
-                         per_node=lambda name: ["--etcd-listen",
-                                                f"127.0.0.1:{ports[name]}"]) as cluster:
+                         per_node=lambda name: ["--etcd-listen", f"127.0.0.1:{ports[name]}",
+                                                "--etcd-urls", urls]) as cluster:
         cluster.leader_name()
         ec = EtcdCluster(cluster, ports)
         for name in names:

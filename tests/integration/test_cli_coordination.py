@@ -152,15 +152,16 @@ def test_lease_grant_ttl_list_revoke(cluster: Cluster) -> None:
 
 
 def test_lease_keep_alive_keeps_it_until_interrupted(cluster: Cluster) -> None:
-    lease_id = int(ok(cli(cluster, "lease", "grant", "2")).strip())
+    # A TTL long enough for a busy machine to start the keep-alive command in time.
+    lease_id = int(ok(cli(cluster, "lease", "grant", "5")).strip())
     with Client(cluster.endpoints, timeout=10.0) as c:
         c.put(b"cl/kept", b"v", lease=lease_id)
         proc = start(cluster, "lease", "keep-alive", str(lease_id))
         try:
             out = Lines(proc.stdout)  # type: ignore[arg-type]
-            # Renewed again and again, for several TTLs.
-            for _ in range(8):
-                assert out.until("kept alive") == f"lease {lease_id} kept alive (ttl 2s)"
+            # Renewed again and again (every TTL/3), for over two TTLs.
+            for _ in range(7):
+                assert out.until("kept alive") == f"lease {lease_id} kept alive (ttl 5s)"
             assert c.get(b"cl/kept") is not None
             os.kill(proc.pid, signal.SIGINT)
             assert proc.wait(timeout=CLI_TIMEOUT) == 0

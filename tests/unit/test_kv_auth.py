@@ -339,3 +339,27 @@ def test_names_are_bounded_in_bytes_so_no_entry_can_break_the_store(log: Log) ->
         log.store.apply(log.index, 1, bad)
     log.change("role_add", role="\U0001f600" * 63)  # 252 bytes: fine
     assert "\U0001f600" * 63 in log.store.auth_view().roles
+
+
+def test_readers_keep_the_auth_view_while_a_snapshot_is_restored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with KVStore.open(tmp_path / "src") as source:
+        _enable_with_reader(Log(source))
+        source.snapshot_to(tmp_path / "snap")
+    with KVStore.open(tmp_path / "dst") as store:
+        before = store.auth_view()
+        assert not before.enabled
+        seen = []
+        real_replace = Path.replace
+
+        def replace_while_reading(self: Path, target: Path) -> Path:
+            # Inside restore_from the store is closed now: a request arriving here still
+            # needs an answer (every request reads the auth view).
+            seen.append(store.auth_view())
+            return real_replace(self, target)
+
+        monkeypatch.setattr(Path, "replace", replace_while_reading)
+        store.restore_from(tmp_path / "snap")
+        monkeypatch.undo()
+        assert seen == [before]
+        assert store.auth_view().enabled  # the restored users, once it is open again

@@ -93,3 +93,27 @@ async def submit_write(node: Node, caller: Caller, cmd: Write) -> dict[str, Any]
         lambda: node.write(cmd, consistency="quorum", client_id=0, seq=0, user=caller.user),
         WriteRequest(cmd=cmd, consistency="quorum", client_id=0, seq=0),
         changes=True, token=caller.token)
+
+
+def streaming(method: Callable[[S, Any, Any], Awaitable[None]]
+              ) -> Callable[[S, Any, Any], Awaitable[None]]:
+    """Wrap a streaming handler ``(self, request_iterator, context) -> None`` that writes
+    its answers itself (``context.write``): whatever it raises ends the stream with etcd's
+    status, counted as an error like a unary call's. A stream's length says nothing about
+    the node's speed, so it is not timed into the per-second series."""
+
+    @functools.wraps(method)
+    async def handler(self: S, request_iterator: Any, context: Any) -> None:
+        started = time.perf_counter()
+        try:
+            await method(self, request_iterator, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as e:  # as in unary: every error becomes a status
+            error = status_of(e)
+        else:
+            return
+        self.observe(None, started, error)
+        await context.abort(error.code, error.message)
+
+    return handler

@@ -25,9 +25,14 @@ from typing import TYPE_CHECKING, Any, Final
 import grpc
 
 from quorumkv.errors import InvalidArgument
+from quorumkv.etcd.auth_service import AuthService
 from quorumkv.etcd.calls import EtcdService
+from quorumkv.etcd.cluster_service import ClusterService
 from quorumkv.etcd.generated import etcd_proto
 from quorumkv.etcd.kv_service import KVService
+from quorumkv.etcd.lease_service import LeaseService
+from quorumkv.etcd.maintenance_service import MaintenanceService
+from quorumkv.etcd.watch_service import WatchService
 from quorumkv.server.http_forward import close_forwarder
 
 if TYPE_CHECKING:
@@ -36,7 +41,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SERVICES: Final[tuple[type[EtcdService], ...]] = (KVService,)
+SERVICES: Final[tuple[type[EtcdService], ...]] = (KVService, WatchService, LeaseService,
+                                                   ClusterService, MaintenanceService,
+                                                   AuthService)
 """One class per etcd service; each registers its handlers on the server."""
 
 GRPC_OVERHEAD_BYTES: Final = 512 * 1024

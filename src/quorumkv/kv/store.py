@@ -611,13 +611,16 @@ class KVStore:
                 flush_copy(staging)
             self._close_env()
             self._apply_view = None
-            self._auth_epoch += 1
             with lmdb_errors(f"restoring from {path}"):
                 (staging / DATA_FILE).replace(self._path / DATA_FILE)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             if self._env is None:
                 self._attach(create=False)
+                # Only now: while the store was closed, readers kept the view they had
+                # (every request reads it; none may fail for the restore). A view read
+                # from the old store just before it closed is dropped by the new epoch.
+                self._auth_epoch += 1
         return SnapshotMeta(index=state.applied_index, term=state.applied_term,
                             conf=state.conf_state)
 

@@ -72,6 +72,9 @@ class NodeConfig:
     """Peer addresses of the initial members (this node included)."""
     client_addresses: dict[str, str] = field(default_factory=dict)
     """Client addresses of other members, for NotLeader redirects."""
+    etcd_addresses: dict[str, str] = field(default_factory=dict)
+    """etcd API addresses of other members (``--etcd-urls``): the client URLs the etcd
+    port's MemberList gives, which ``etcdctl ... --cluster`` dials."""
     peer_advertise: str | None = None
     """HOST:PORT others reach our peer port at, if not the listen address (a proxy,
     a NAT); what a joining node registers."""

@@ -61,6 +61,7 @@ from quorumkv.errors import (
     UserNotFound,
     ValueTooLarge,
 )
+from quorumkv.etcd import gateway as etcd_gateway
 from quorumkv.server import (
     http_auth,
     http_cluster,
@@ -168,7 +169,7 @@ KV_READ_PATHS = http_kv.READ_PATHS
 KV_WRITE_PATHS = http_kv.WRITE_PATHS
 """The key-value API's reads and writes (http_kv.py's routes): they feed the per-second
 request series like the client port's."""
-STREAMING_ROUTES = frozenset({http_watch.WATCH_PATH})
+STREAMING_ROUTES = frozenset({http_watch.WATCH_PATH, *etcd_gateway.STREAMING_PATHS})
 """Routes whose answer is a stream that lasts as long as its client listens (a watch).
 Its duration says how long someone watched, not how fast the node answered, so these
 stay out of the latency histogram and the per-second series (``quorumkv_watchers``
@@ -253,7 +254,7 @@ def route_sources() -> list[RouteSource]:
     """Every module's route table, in the order they are matched."""
     return [_core_routes, http_kv.routes, http_lease.routes, http_watch.routes,
             http_cluster.routes, http_auth.routes, openapi.routes, http_dashboard.routes,
-            http_observe.routes]
+            http_observe.routes, etcd_gateway.routes]
 
 
 UNLIMITED_PATHS = frozenset({"/health", "/ready"})

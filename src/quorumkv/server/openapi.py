@@ -25,6 +25,7 @@ from aiohttp import web
 from quorumkv.client.auth_wire import MAX_PASSWORD_LENGTH, MAX_USER_LENGTH, PERM_TYPES
 from quorumkv.client.fields import MAX_INT64
 from quorumkv.client.protocol import MAX_ADDRESS_LENGTH, MAX_NAME_LENGTH, MAX_TOKEN_LENGTH
+from quorumkv.etcd import gateway as etcd_gateway
 from quorumkv.kv.commands import MAX_LEASE_TTL
 from quorumkv.server import http_dashboard
 from quorumkv.server.events import DEFAULT_LIMIT as EVENTS_LIMIT
@@ -42,7 +43,8 @@ from quorumkv.server.http_observe import MAX_SINCE
 Schema = dict[str, Any]
 
 _REF: Final = "#/components/schemas/"
-TAGS: Final = ("kv", "lease", "watch", "cluster", "auth", "node", "observe", "dashboard")
+TAGS: Final = ("kv", "lease", "watch", "cluster", "auth", "node", "observe", "dashboard",
+               "etcd")
 _POSITIVE_ID_PATTERN: Final = "^[1-9][0-9]{0,18}$"
 
 
@@ -707,10 +709,52 @@ def _auth_paths() -> dict[str, Schema]:
     }
 
 
+def _etcd_gateway_paths() -> dict[str, Schema]:
+    """etcd's JSON gateway (etcd/gateway.py): each path takes its etcd request message as
+    protobuf JSON and answers its response message, or etcd's error object."""
+    if not etcd_gateway.available():
+        return {}
+    unary_error = _object({"error": _str(), "code": _int("The gRPC status code"),
+                           "message": _str("etcd's error text")}, ("error", "code", "message"))
+    stream_error = _object({"error": _object(
+        {"grpc_code": _int(), "http_code": _int(), "message": _str(), "http_status": _str()},
+        ("grpc_code", "http_code", "message"))}, ("error",))
+    error = {"description": "etcd's error (grpc-gateway's shape, etcd's gRPC code and text)",
+             "content": {"application/json": {"schema": {"anyOf": [unary_error,
+                                                                   stream_error]}}}}
+    out: dict[str, Schema] = {}
+    for route in etcd_gateway.ROUTES:
+        name = f"etcd {route.service} {route.method}"
+        ok = ("A chunked stream: one {\"result\": message} object per line"
+              if route.streaming else f"etcd's {route.method} response message")
+        out[route.path] = {"post": {
+            "summary": name, "tags": ["etcd"],
+            "operationId": f"etcd_{route.path.removeprefix('/v3/').replace('/', '_')}"
+                           .replace("-", "_"),
+            "description": f"etcd's {route.service}.{route.method} (501 until the service "
+                           f"is served); see docs/etcd-compatibility.md.",
+            "requestBody": {"required": False, "content": {"application/json": {
+                "schema": {"type": "object",
+                           "description": f"etcd's {route.method} request message as "
+                                          f"protobuf JSON (empty: every field at its "
+                                          f"default)"}}}},
+            "responses": {"200": {"description": ok, "content": {"application/json": {
+                "schema": {"type": "object"}}}}, "default": error}}}
+    version = _object({"etcdserver": _str(), "etcdcluster": _str()},
+                      ("etcdserver", "etcdcluster"))
+    out[etcd_gateway.VERSION_PATH] = {"get": {
+        "summary": "etcd version", "tags": ["etcd"], "operationId": "etcd_version",
+        "description": "The etcd version the gateway emulates (etcd's clients ask for it).",
+        "responses": {"200": {"description": "OK", "content": {"application/json": {
+            "schema": version}}}, "default": error}}}
+    return out
+
+
 @functools.cache
 def document() -> dict[str, Any]:
     paths = {**_node_paths(), **_kv_paths(), **_lease_paths(), **_watch_paths(),
-             **_cluster_paths(), **_auth_paths(), **_observe_paths(), **_dashboard_paths()}
+             **_cluster_paths(), **_auth_paths(), **_observe_paths(), **_dashboard_paths(),
+             **_etcd_gateway_paths()}
     return {
         "openapi": "3.1.0",
         "info": {"title": "quorumkv HTTP API", "version": "1",

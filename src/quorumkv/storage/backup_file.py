@@ -27,6 +27,15 @@ what is wrong) before anything is restored from it.
 pass and bounded memory, and hands back the image bytes it passes over:
 the client checks a backup while it downloads it, ``snapshot status``
 while it reads it, and a restore while it copies the image out.
+
+The etcd trailer. ``etcdctl snapshot save`` (through the etcd port's
+Snapshot) accepts a file only if its size is 32 more than a multiple of
+512, the shape of etcd's own (a bbolt file, then its SHA-256). The etcd
+port therefore sends a backup followed by zero bytes up to the next
+multiple of 512 and a SHA-256 of everything before it
+(:func:`etcd_trailer`). A file with exactly that trailer is a backup as
+good as the bare one: both digests are checked, and ``snapshot status``
+and ``restore`` read it. Any other extra byte is still damage.
 """
 
 from __future__ import annotations
@@ -50,6 +59,8 @@ DIGEST_SIZE = hashlib.sha256().digest_size
 MAX_FIELDS = 64 << 10
 """A header beyond this is damage, not a long member name."""
 _U64 = (1 << 64) - 1
+ETCD_ALIGN = 512
+"""etcd's snapshot files are a multiple of this, plus their digest."""
 _READ_CHUNK = 1 << 20
 
 
@@ -135,6 +146,21 @@ def parse_header(data: bytes | bytearray, source: str) -> BackupHeader | None:
                         key_count=keys, image_size=image, created_ns=created, version=version)
 
 
+def etcd_padding(file_size: int) -> int:
+    """Zero bytes after a backup of ``file_size`` bytes, before the etcd trailer's digest."""
+    return -file_size % ETCD_ALIGN
+
+
+def etcd_trailer(backup_size: int, digest: bytes) -> bytes:
+    """What follows a backup of ``backup_size`` bytes on the etcd port: the padding, then
+    ``digest``, the SHA-256 of the backup's bytes and the padding."""
+    return bytes(etcd_padding(backup_size)) + digest
+
+
+def _with_etcd_trailer(file_size: int) -> int:
+    return file_size + etcd_padding(file_size) + DIGEST_SIZE
+
+
 def _not_a_backup(source: str) -> CorruptSnapshot:
     return CorruptSnapshot(f"{source} is not a quorumkv backup file", path=source)
 
@@ -163,6 +189,10 @@ class BackupChecker:
         self._received = 0
         self._trailer = bytearray()
         self._excess = 0
+        self._outer = hashlib.sha256()
+        """Of the backup and the padding of an etcd trailer (see the module's docstring)."""
+        self._extra = bytearray()
+        """The bytes after the backup, as many as an etcd trailer has at most."""
 
     @property
     def received(self) -> int:
@@ -191,6 +221,12 @@ class BackupChecker:
         image_start = self.header.header_size
         if start < body_end:
             self._hash.update(view[:body_end - start])
+        outer_end = self.header.file_size + etcd_padding(self.header.file_size)
+        if start < outer_end:
+            self._outer.update(view[:outer_end - start])
+        if end > self.header.file_size:
+            room = ETCD_ALIGN + DIGEST_SIZE - len(self._extra)
+            self._extra += view[max(0, self.header.file_size - start):][:room]
         if end > body_end:
             tail = view[max(0, body_end - start):]
             room = DIGEST_SIZE - len(self._trailer)
@@ -209,7 +245,7 @@ class BackupChecker:
             raise CorruptSnapshot(f"{source} is truncated: its header promises "
                                   f"{header.file_size} bytes, it has {self._received}",
                                   path=source)
-        if self._excess:
+        if self._excess and not self._etcd_trailer_ok(header):
             raise CorruptSnapshot(f"{source} has {self._excess} bytes more than its header "
                                   f"promises ({header.file_size}): the header or the file is "
                                   "damaged", path=source)
@@ -218,7 +254,15 @@ class BackupChecker:
             raise CorruptSnapshot(f"checksum mismatch in {source}: it records SHA-256 "
                                   f"{recorded.hex()[:16]}..., its content hashes to "
                                   f"{actual.hex()[:16]}...; the backup is damaged", path=source)
-        return BackupInfo(header=header, file_size=header.file_size, sha256=actual.hex())
+        return BackupInfo(header=header, file_size=header.file_size + self._excess,
+                          sha256=actual.hex())
+
+    def _etcd_trailer_ok(self, header: BackupHeader) -> bool:
+        size = header.file_size
+        if size + self._excess != _with_etcd_trailer(size) or len(self._extra) != self._excess:
+            return False
+        padding, digest = self._extra[:-DIGEST_SIZE], bytes(self._extra[-DIGEST_SIZE:])
+        return not any(padding) and digest == self._outer.digest()
 
 
 def read_header(path: Path) -> tuple[BackupHeader, int]:
@@ -241,7 +285,7 @@ def read_header(path: Path) -> tuple[BackupHeader, int]:
     if size < header.file_size:
         raise CorruptSnapshot(f"{source} is truncated: its header promises {header.file_size} "
                               f"bytes, it has {size}", path=source)
-    if size > header.file_size:
+    if size > header.file_size and size != _with_etcd_trailer(header.file_size):
         raise CorruptSnapshot(f"{source} has {size - header.file_size} bytes more than its "
                               f"header promises ({header.file_size}): the header or the file "
                               "is damaged", path=source)
