@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 from cluster_harness import Cluster, free_ports, running_cluster, wait_until
 
+from quorumkv.client import Client
 from quorumkv.etcd.generated import etcd_proto
 
 
@@ -75,3 +76,23 @@ def etcd_cluster(tmp_path: Path, size: int = 3) -> Iterator[EtcdCluster]:
             finally:
                 kv.close()
         yield ec
+
+
+ROOT_PW = "root-pw"
+READER_PW = "reader-pw"
+
+
+def enable_auth_with_reader(cluster: Cluster, *, seed: dict[str, str] | None = None) -> None:
+    """Users root (role root) and reader (read on ``app/``), the keys ``seed`` written
+    first, then auth on."""
+    with Client(cluster.endpoints, timeout=30.0, user="root", password=ROOT_PW) as root:
+        root.user_add("root", ROOT_PW)
+        root.role_add("root")
+        root.user_grant_role("root", "root")
+        root.user_add("reader", READER_PW)
+        root.role_add("app-read")
+        root.role_grant("app-read", "read", "app/", prefix=True)
+        root.user_grant_role("reader", "app-read")
+        for key, value in (seed or {}).items():
+            root.put(key, value)
+        root.auth_enable()

@@ -8,27 +8,17 @@ from pathlib import Path
 
 import grpc
 import pytest
-from etcd_support import KV, EtcdCluster, etcd_cluster
+from etcd_support import KV, READER_PW, ROOT_PW, EtcdCluster, enable_auth_with_reader, etcd_cluster
 
 from quorumkv.client import Client
 
-ROOT_PW = "root-pw"
-PW = "reader-pw"
+PW = READER_PW
 
 
 @pytest.fixture(scope="module")
 def ec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     with etcd_cluster(Path(tmp_path_factory.mktemp("etcd-auth"))) as c:
-        with Client(c.cluster.endpoints, timeout=30.0, user="root", password=ROOT_PW) as root:
-            root.user_add("root", ROOT_PW)
-            root.role_add("root")
-            root.user_grant_role("root", "root")
-            root.user_add("reader", PW)
-            root.role_add("app-read")
-            root.role_grant("app-read", "read", "app/", prefix=True)
-            root.user_grant_role("reader", "app-read")
-            root.put("app/x", "1")
-            root.auth_enable()
+        enable_auth_with_reader(c.cluster, seed={"app/x": "1"})
         yield c
 
 

@@ -23,15 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from etcd_support import EtcdCluster, etcd_cluster
+from etcd_support import READER_PW, ROOT_PW, EtcdCluster, enable_auth_with_reader, etcd_cluster
 
 from quorumkv.client import Client
 from quorumkv.etcd import gateway
 from quorumkv.etcd.server import SERVICES
 
 AETCD_SCRIPT = Path(__file__).with_name("etcd_aetcd_check.py")
-ROOT_PW = "root-pw"
-READER_PW = "reader-pw"
 
 
 def b64(text: str) -> str:
@@ -308,16 +306,7 @@ def test_aetcd_over_the_grpc_port(ec: EtcdCluster, tmp_path: Path) -> None:
 def auth_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, list[str]]]:
     """A one-member cluster with auth on: root, and a reader of ``app/``."""
     with etcd_cluster(Path(tmp_path_factory.mktemp("etcd-gateway-auth")), size=1) as c:
-        with Client(c.cluster.endpoints, timeout=30.0, user="root", password=ROOT_PW) as root:
-            root.user_add("root", ROOT_PW)
-            root.role_add("root")
-            root.user_grant_role("root", "root")
-            root.user_add("reader", READER_PW)
-            root.role_add("app-read")
-            root.role_grant("app-read", "read", "app/", prefix=True)
-            root.user_grant_role("reader", "app-read")
-            root.put("app/x", "1")
-            root.auth_enable()
+        enable_auth_with_reader(c.cluster, seed={"app/x": "1"})
         yield c.cluster.nodes[0].http_url, c.cluster.endpoints
 
 

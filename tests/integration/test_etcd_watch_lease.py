@@ -16,7 +16,7 @@ from typing import Any
 
 import grpc
 import pytest
-from etcd_support import KV, EtcdCluster, etcd_cluster
+from etcd_support import KV, READER_PW, ROOT_PW, EtcdCluster, enable_auth_with_reader, etcd_cluster
 
 from quorumkv.client import Client
 from quorumkv.etcd.generated import etcd_proto
@@ -312,22 +312,10 @@ def test_an_expired_lease_deletes_its_keys_and_the_watch_sees_it(
 
 # -- auth --------------------------------------------------------------------------------
 
-ROOT_PW = "root-pw"
-READER_PW = "reader-pw"
-
-
 @pytest.fixture(scope="module")
 def auth_ec(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
     with etcd_cluster(Path(tmp_path_factory.mktemp("etcd-watch-auth"))) as c:
-        with Client(c.cluster.endpoints, timeout=30.0, user="root", password=ROOT_PW) as root:
-            root.user_add("root", ROOT_PW)
-            root.role_add("root")
-            root.user_grant_role("root", "root")
-            root.user_add("reader", READER_PW)
-            root.role_add("app-read")
-            root.role_grant("app-read", "read", "app/", prefix=True)
-            root.user_grant_role("reader", "app-read")
-            root.auth_enable()
+        enable_auth_with_reader(c.cluster)
         yield c
 
 
