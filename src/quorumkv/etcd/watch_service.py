@@ -52,6 +52,7 @@ from quorumkv.etcd.generated import etcd_proto
 from quorumkv.etcd.identity import Caller, caller_of, check_read
 from quorumkv.etcd.kv_convert import key_range
 from quorumkv.kv.validation import check_key_size
+from quorumkv.server.watches import Closers
 
 if TYPE_CHECKING:
     from quorumkv.server.node import Node
@@ -133,25 +134,13 @@ class _Sink:
         self.no_delete = no_delete
         self.delivered = 0
         """The revision up to which this watch has told the client everything."""
-        self._closers: list[Callable[[], None]] = []
-        self._closed = False
+        self._closers = Closers("an etcd watch")
 
     def on_close(self, callback: Callable[[], None]) -> None:
-        if self._closed:
-            callback()
-        else:
-            self._closers.append(callback)
+        self._closers.add(callback)
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        closers, self._closers = self._closers, []
-        for close in closers:
-            try:
-                close()
-            except Exception:
-                log.exception("ending an etcd watch failed")
+        self._closers.run()
 
     async def send(self, body: dict[str, Any]) -> None:
         call = self.call

@@ -44,6 +44,7 @@ from quorumkv.server.http_json import (
     read_key_range,
     result_json,
 )
+from quorumkv.server.watches import Closers
 
 if TYPE_CHECKING:
     from quorumkv.server.node import Node
@@ -75,31 +76,20 @@ class SseStream:
         self._request = request
         self._encoding = encoding
         self._response: web.StreamResponse | None = None
-        self._closers: list[Callable[[], None]] = []
-        self._closed = False
+        self._closers = Closers("an HTTP watch")
         self._last_id = -1
         self.watch_id = 0
         self.owner: object = self
         """One watch per HTTP request: the per-connection watch limit does not apply."""
 
     def on_close(self, callback: Callable[[], None]) -> None:
-        if self._closed:
-            callback()
-        else:
-            self._closers.append(callback)
+        self._closers.add(callback)
 
     def close(self) -> None:
         """The stream is over: the hub forgets the watch (if it has not already)."""
-        if self._closed:
-            return
-        self._closed = True
-        self.ended.set()
-        closers, self._closers = self._closers, []
-        for close in closers:
-            try:
-                close()
-            except Exception:
-                log.exception("ending an HTTP watch failed")
+        if not self._closers.closed:
+            self.ended.set()
+        self._closers.run()
 
     async def start(self, response: web.StreamResponse, created: dict[str, Any],
                     first_id: int) -> None:
@@ -110,7 +100,7 @@ class SseStream:
 
     async def shut_down(self) -> None:
         """The node is stopping: say so (briefly; the client may not be reading), end."""
-        if not self._closed and self.ready.is_set():
+        if not self._closers.closed and self.ready.is_set():
             with contextlib.suppress(OSError, TimeoutError):
                 async with asyncio.timeout(SHUTDOWN_WORD):
                     await self._write("canceled", {
@@ -144,7 +134,7 @@ class SseStream:
     async def _write(self, event: str, data: dict[str, Any], event_id: int | None, *,
                      retry: bool = False) -> None:
         response = self._response
-        if self._closed or response is None:
+        if self._closers.closed or response is None:
             raise ConnectionResetError("the watch's HTTP client is gone")
         lines = [f"event: {event}"]
         if retry:

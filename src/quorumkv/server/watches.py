@@ -63,6 +63,37 @@ class WatchStream(Protocol):
     def on_close(self, callback: Callable[[], None]) -> None: ...
 
 
+class Closers:
+    """What a watch stream runs when it ends (its ``on_close`` callbacks), exactly once;
+    a callback registered after the end runs at once."""
+
+    __slots__ = ("_callbacks", "_what", "closed")
+
+    def __init__(self, what: str) -> None:
+        self._callbacks: list[Callable[[], None]] = []
+        self.closed = False
+        self._what = what
+
+    def add(self, callback: Callable[[], None]) -> None:
+        if self.closed:
+            callback()
+        else:
+            self._callbacks.append(callback)
+
+    def run(self) -> bool:
+        """Run them (False if they had run already)."""
+        if self.closed:
+            return False
+        self.closed = True
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("ending %s failed", self._what)
+        return True
+
+
 def _in_range(key: bytes, start: bytes, end: bytes | None) -> bool:
     if end is None:
         return key == start
