@@ -174,6 +174,23 @@ def test_snapshot_is_a_store_of_its_own(store: KVStore, tmp_path: Path) -> None:
         assert copy.get(b"after") is None
 
 
+def test_a_pinned_image_is_the_store_as_of_the_pin(store: KVStore, tmp_path: Path) -> None:
+    store.apply_batch([(i, 1, c) for i, c in enumerate(some_commands(30), start=1)])
+    store.apply_conf_state(31, 2, VOTERS)
+    digest = store.digest()
+    (tmp_path / "copy").mkdir()
+    with store.pinned_image() as (meta, image):
+        assert (meta.index, meta.term, meta.conf) == (31, 2, VOTERS)
+        # A write after the pin is not in the image, though it lands before the copy.
+        store.apply(32, 2, Put(key=b"after", value=b""))
+        with open(tmp_path / "copy" / "data.mdb", "wb") as f:
+            image.write_to(f.fileno())
+    with KVStore.open(tmp_path / "copy", create=False) as copy:
+        assert copy.digest() == digest
+        assert (copy.applied_index, copy.conf_state) == (31, VOTERS)
+        assert copy.get(b"after") is None
+
+
 def test_snapshot_needs_an_empty_destination(store: KVStore, tmp_path: Path) -> None:
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_bytes(b"")

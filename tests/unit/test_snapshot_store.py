@@ -10,6 +10,7 @@ import pytest
 from quorumkv.errors import DataDirError, StorageError
 from quorumkv.raft.entries import ConfState, SnapshotMeta
 from quorumkv.storage import CorruptSnapshot, SnapshotStore
+from quorumkv.storage.snapshot_store import SnapshotWriter
 
 
 def meta(index: int, term: int = 1) -> SnapshotMeta:
@@ -158,3 +159,61 @@ def test_name_that_does_not_match_the_content(tmp_path: Path) -> None:
         store.latest()
     with pytest.raises(CorruptSnapshot):
         store.open_reader(meta(8))
+
+
+def test_a_streamed_save_writes_what_the_producer_wrote(tmp_path: Path) -> None:
+    image = os.urandom(3_000_000)  # many times a pipe's buffer
+
+    def produce(fd: int) -> None:
+        view = memoryview(image)
+        while view:
+            view = view[os.write(fd, view[:65536]):]
+
+    store = SnapshotStore(tmp_path)
+    store.save_streamed(meta(7), produce, chunk_size=100_000)
+    with store.open_reader(meta(7)) as reader:
+        assert b"".join(reader.image_chunks(1 << 20)) == image
+
+
+def test_a_producer_that_fails_leaves_no_snapshot(tmp_path: Path) -> None:
+    def produce(fd: int) -> None:
+        os.write(fd, b"x" * 100_000)
+        raise StorageError("the image could not be read")
+
+    store = SnapshotStore(tmp_path)
+    with pytest.raises(StorageError, match="could not be read"):
+        store.save_streamed(meta(7), produce)
+    assert store.latest() is None
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_failing_save_stops_a_producer_that_is_still_writing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The disk fails after the first chunk: the producer, blocked on a full pipe,
+    # must be released (its next write fails) rather than hang the save.
+    real = SnapshotWriter.write
+    chunks: list[int] = []
+
+    def write(self: SnapshotWriter, data: bytes | bytearray | memoryview) -> None:
+        if chunks:
+            raise StorageError("writing a snapshot failed: No space left on device")
+        chunks.append(len(data))
+        real(self, data)
+
+    monkeypatch.setattr(SnapshotWriter, "write", write)
+    refused: list[OSError] = []
+
+    def produce(fd: int) -> None:
+        try:
+            while True:
+                os.write(fd, b"y" * 65536)
+        except OSError as e:
+            refused.append(e)
+            raise
+
+    store = SnapshotStore(tmp_path)
+    with pytest.raises(StorageError, match="No space left"):
+        store.save_streamed(meta(7), produce, chunk_size=65536)
+    assert len(refused) == 1  # EPIPE: it stopped, and the save waited for it
+    assert store.latest() is None
+    assert list(tmp_path.iterdir()) == []

@@ -29,7 +29,8 @@ from __future__ import annotations
 import hashlib
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
@@ -106,6 +107,20 @@ membership change (with the member's record), a new membership alone, or nothing
 Outcome: TypeAlias = Applied | AlreadyApplied | RequestError
 
 _RESTORE_STAGING = "restore.tmp"
+
+
+class PinnedImage:
+    """One LMDB read transaction of the live store, to be copied out as an image."""
+
+    def __init__(self, env: lmdb.Environment, txn: lmdb.Transaction[bytes]) -> None:
+        self.env = env
+        self.txn = txn
+
+    def write_to(self, fd: int) -> None:
+        """Write the image (compacted: free pages dropped) to the open file or pipe ``fd``,
+        sequentially from its start. LMDB writes without holding the GIL."""
+        with lmdb_errors("copying the state machine"):
+            self.env.copyfd(fd, compact=True, txn=self.txn)
 
 
 class KVStore:
@@ -575,21 +590,35 @@ class KVStore:
         rename into place) is the caller's business, as for any new file.
         """
         dest = Path(path)
-        env = self._live_env()
         with lmdb_errors(f"writing a snapshot to {dest}"):
             dest.mkdir(parents=True, exist_ok=True)
             if any(dest.iterdir()):
                 raise DataDirError(f"snapshot destination {dest} is not empty")
-            # Make everything committed so far durable, so the store on disk
-            # never falls behind a snapshot taken from it.
-            self.sync()
-            with env.begin() as txn:
-                state = read_state(txn, self._meta, self._path)
-                env.copy(str(dest), compact=True, txn=txn)
+        with self.pinned_image() as (meta, image), lmdb_errors(f"writing a snapshot to {dest}"):
+            image.env.copy(str(dest), compact=True, txn=image.txn)
         if self._durable:
             flush_copy(dest)
-        return SnapshotMeta(index=state.applied_index, term=state.applied_term,
-                            conf=state.conf_state)
+        return meta
+
+    @contextmanager
+    def pinned_image(self) -> Iterator[tuple[SnapshotMeta, PinnedImage]]:
+        """The store as of now, held still while the caller copies it (``write_to``).
+
+        The metadata is known before the first byte is copied, so a snapshot
+        file can begin with it. Writers go on meanwhile; everything committed
+        before is flushed first, so the store on disk never falls behind a
+        snapshot taken from it (after which the log may be cut)."""
+        env = self._live_env()
+        with lmdb_errors("pinning the state machine for a snapshot"):
+            self.sync()
+            txn = env.begin()
+        try:
+            with lmdb_errors("reading the state machine for a snapshot"):
+                state = read_state(txn, self._meta, self._path)
+            yield (SnapshotMeta(index=state.applied_index, term=state.applied_term,
+                                conf=state.conf_state), PinnedImage(env, txn))
+        finally:
+            txn.abort()
 
     def restore_from(self, path: str | Path) -> SnapshotMeta:
         """Replace this store's contents with the snapshot in directory ``path``.

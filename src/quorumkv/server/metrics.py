@@ -191,6 +191,15 @@ class NodeMetrics:
         self.wal_fsync = Histogram(
             "quorumkv_wal_fsync_duration_seconds", "Time of one write-ahead log sync (the "
             "group commit's fsync).", registry=r, buckets=DISK_BUCKETS)
+        self.heartbeats_late = Counter(
+            "quorumkv_raft_heartbeats_late", "Times this node, leading, ticked at least a "
+            "heartbeat interval late (its log warns, naming the slowest steps): a sign of a "
+            "slow disk or an overloaded node, and the usual cause of needless elections.",
+            registry=r)
+        self.loop_lag = Histogram(
+            "quorumkv_event_loop_lag_seconds", "How late the event loop ran a timer it was "
+            "asked to run: time the node's one thread spent on other work first.",
+            registry=r, buckets=DISK_BUCKETS)
         self.apply_duration = Histogram(
             "quorumkv_apply_duration_seconds", "Time to apply one batch of committed entries "
             "to the state machine (one LMDB transaction).", registry=r, buckets=DISK_BUCKETS)
@@ -369,7 +378,7 @@ class _NodeCollector(Collector):
         yield _gauge("quorumkv_raft_commit_index", "Highest log index known committed.",
                      raft.log.committed)
         yield _gauge("quorumkv_raft_applied_index", "Highest log index applied to the state "
-                     "machine.", raft.log.applied)
+                     "machine.", group.kv.applied_index)
         yield _gauge("quorumkv_raft_last_index", "Index of the last entry in this node's log.",
                      raft.log.last_index)
         yield _gauge("quorumkv_raft_snapshot_index", "Log index the latest compaction "

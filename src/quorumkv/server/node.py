@@ -92,6 +92,8 @@ log = logging.getLogger(__name__)
 
 WRITE_LEVELS = ("one", "quorum", "all")
 READ_LEVELS = ("one", "session", "quorum", "all")
+LOOP_LAG_PROBE_S = 0.25
+"""How often the event loop's lag is sampled (quorumkv_event_loop_lag_seconds)."""
 
 
 def _stamp(cmd: Command, timestamp: int) -> Command:
@@ -401,6 +403,7 @@ class Node:
         group_task = asyncio.create_task(self.group.run(), name="raft-group-0")
         self._tasks = [
             asyncio.create_task(self._ping_idle_peers(), name="health-pings"),
+            asyncio.create_task(self._measure_loop_lag(), name="loop-lag"),
             asyncio.create_task(self.membership.promote_caught_up_learners(),
                                 name="promote-learners"),
             asyncio.create_task(self._watch_for_removal(), name="removal-watch"),
@@ -480,6 +483,13 @@ class Node:
                     self._on_removed()
                     return
             leaderless_since = now
+
+    async def _measure_loop_lag(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            asked = loop.time() + LOOP_LAG_PROBE_S
+            await asyncio.sleep(LOOP_LAG_PROBE_S)
+            self.metrics.loop_lag.observe(max(0.0, loop.time() - asked))
 
     async def _ping_idle_peers(self) -> None:
         interval = self.config.health_interval_ms / 1000
@@ -596,12 +606,16 @@ class Node:
         timeout = self.config.request_timeout_s
         try:
             # asyncio.timeout rather than wait_for: no extra task per request.
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeout) as deadline:
                 if consistency == "one":
                     index = await self.group.propose(data, durable_only=True)
                     assert isinstance(index, int)
                     return protocol.durable_result(index, self.header())
-                outcome = await self.group.propose(data)
+                # The timeout bounds reaching a majority. Once committed the write's
+                # outcome is settled, and its apply (seconds, for a delete of a large
+                # range) is waited for: "unknown" would then be a needless answer.
+                outcome = await self.group.propose(
+                    data, on_commit=lambda: deadline.reschedule(None))
         except TimeoutError:
             raise QuorumNotReached(
                 "the write was proposed but a majority did not confirm it in time: its "

@@ -9,7 +9,10 @@ proposals that arrive together share one fsync (group commit) and one
 append per follower.
 
 Disk work (the WAL's fsync, LMDB's commits, snapshot copies) runs in worker
-threads so the event loop keeps serving while the disk is busy. The leader
+threads so the event loop keeps serving while the disk is busy: the log's
+writes and the applies in one thread of the group's own, snapshots in
+another, never in the loop's shared pool, where they would queue behind
+every client read (``Node.range`` reads there) and hold up heartbeats. The leader
 sends its appends before its own write (thesis §10.2.1); its own entries
 count toward commit only after the write (``advance``).
 """
@@ -18,26 +21,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
-import shutil
-import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from quorumkv.errors import (
     NotLeader,
     ProposalDropped,
     QuorumKVError,
+    RequestError,
     Timeout,
 )
-from quorumkv.kv import Applied, Event, KVStore
-from quorumkv.kv.members import MembershipChange
+from quorumkv.kv import AlreadyApplied, Applied, Event, KVStore
 from quorumkv.raft.config import RaftConfig
-from quorumkv.raft.entries import NONE, ConfChange, SnapshotMeta
+from quorumkv.raft.entries import NONE, ConfChange, Entry, EntryType, SnapshotMeta
 from quorumkv.raft.messages import Heartbeat, HeartbeatResponse, InstallSnapshot, Message
 from quorumkv.raft.node import RaftNode
 from quorumkv.raft.ready import ReadState, Ready, Role
@@ -49,12 +52,37 @@ from quorumkv.storage import SnapshotStore, WriteAheadLog
 
 log = logging.getLogger(__name__)
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+APPLY_QUEUE_BATCHES = 8
+"""Committed batches that may wait for the apply thread before the Ready loop waits too."""
+LARGE_SNAPSHOT_BYTES = 64 << 20
+SNAPSHOT_LOG_RATIO = 0.25
+"""A snapshot copies the whole store, so with a large store (the last snapshot at least
+LARGE_SNAPSHOT_BYTES) the next waits, beyond ``snapshot_threshold`` entries, until the
+log has taken in this share of its size: copying then costs at most four bytes written
+per byte logged, however large the store grows, instead of a copy of a 1 GB store every
+few thousand writes. The log, and a restart's replay, stay within that share."""
+LATE_REPORT_INTERVAL_S = 10.0
+"""At most one warning about late heartbeats per this many seconds (the rest are counted)."""
+
+
+def snapshot_due(*, entries: int, threshold: int, log_bytes: int, snapshot_bytes: int
+                 ) -> bool:
+    """Whether to take a snapshot, ``entries`` (of ``log_bytes``) after the last one,
+    which took ``snapshot_bytes``: see SNAPSHOT_LOG_RATIO."""
+    if entries < threshold:
+        return False
+    return snapshot_bytes < LARGE_SNAPSHOT_BYTES or log_bytes >= snapshot_bytes * SNAPSHOT_LOG_RATIO
+
 
 @dataclass(slots=True)
 class _Proposal:
     data: bytes
     future: asyncio.Future[Applied | QuorumKVError]
     durable_future: asyncio.Future[int] | None = None
+    on_commit: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)
@@ -74,6 +102,7 @@ class _Waiter:
     term: int
     future: asyncio.Future[Applied | QuorumKVError]
     durable_future: asyncio.Future[int] | None = None
+    on_commit: Callable[[], None] | None = None
 
 
 @dataclass(slots=True)
@@ -131,8 +160,24 @@ class RaftGroup:
         self._wakeup = asyncio.Event()
         self._read_seq = 0
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-log")
+        """The log's writes and fsyncs."""
+        self._apply_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
+        """The applies and snapshot installs, in log order."""
+        self._applying: asyncio.Queue[list[Entry]] = asyncio.Queue(maxsize=APPLY_QUEUE_BATCHES)
+        self._apply_failed: Exception | None = None
+        self._snapshot_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
+        self._slowest: dict[str, float] = {}
+        """Each step's longest time since late heartbeats were last reported."""
+        self._late_reported = -LATE_REPORT_INTERVAL_S
+        self._late_unreported = 0
         # Known without touching the disk on the event loop when a follower needs it.
         self._latest_snapshot: SnapshotMeta | None = snapshots.latest()
+        self._snapshot_bytes = (self._snapshot_size(self._latest_snapshot)
+                                if self._latest_snapshot is not None else 0)
+        """The size of the last snapshot taken or installed."""
+        self._log_bytes = 0
+        """Bytes of entries written to the log since the last snapshot began."""
         self._stopping = False
         self.on_leader_change: Callable[[int], None] | None = None
         self.on_membership_change: Callable[[], None] | None = None
@@ -174,13 +219,16 @@ class RaftGroup:
         self._calls.append(fn)
         self._wakeup.set()
 
-    async def propose(self, data: bytes, *, durable_only: bool = False) -> Applied | int:
+    async def propose(self, data: bytes, *, durable_only: bool = False,
+                      on_commit: Callable[[], None] | None = None) -> Applied | int:
         """Propose an entry. Returns once applied (or, ``durable_only``, once in the
-        leader's durable log: the ``one`` write level)."""
+        leader's durable log: the ``one`` write level). ``on_commit`` is called when the
+        entry is known committed, before it is applied."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Applied | QuorumKVError] = loop.create_future()
         durable: asyncio.Future[int] | None = loop.create_future() if durable_only else None
-        self._proposals.append(_Proposal(data=data, future=fut, durable_future=durable))
+        self._proposals.append(_Proposal(data=data, future=fut, durable_future=durable,
+                                         on_commit=on_commit))
         self._wakeup.set()
         if durable is not None:
             return await durable
@@ -253,6 +301,19 @@ class RaftGroup:
         self._applied_event.set()
 
     async def _run(self) -> None:
+        applier = asyncio.create_task(self._apply_loop(), name="raft-apply")
+        try:
+            await self._drive()
+            # Stopping: what committed is applied and answered before the store closes.
+            await self._applying.join()
+            if self._apply_failed is not None:
+                raise self._apply_failed
+        finally:
+            applier.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await applier
+
+    async def _drive(self) -> None:
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + self.tick_seconds
         while not self._stopping:
@@ -260,7 +321,11 @@ class RaftGroup:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
             self._wakeup.clear()
+            if self._apply_failed is not None:
+                raise self._apply_failed
             now = loop.time()
+            if now - next_tick >= self.tick_seconds and self.raft.role is Role.LEADER:
+                self._late_tick(now - next_tick)
             while now >= next_tick:
                 self.raft.tick()
                 next_tick += self.tick_seconds
@@ -307,7 +372,8 @@ class RaftGroup:
                 self._fail(p.future, p.durable_future, e)
                 continue
             self._waiters[index] = _Waiter(term=term, future=p.future,
-                                           durable_future=p.durable_future)
+                                           durable_future=p.durable_future,
+                                           on_commit=p.on_commit)
         changes, self._conf_proposals = self._conf_proposals, []
         for c in changes:
             try:
@@ -334,13 +400,61 @@ class RaftGroup:
         if durable is not None and not durable.done():
             durable.set_exception(err)
 
+    async def _timed(self, step: str, awaitable: Awaitable[T]) -> T:
+        started = time.perf_counter()
+        result = await awaitable
+        self._note_step(step, time.perf_counter() - started)
+        return result
+
+    def _note_step(self, step: str, seconds: float) -> None:
+        if seconds > self._slowest.get(step, 0.0):
+            self._slowest[step] = seconds
+
+    async def _in(self, pool: ThreadPoolExecutor, step: str | None,
+                  fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """Run ``fn`` in ``pool``; ``step`` names it in the late-heartbeat report."""
+        started = time.perf_counter()
+        result = await asyncio.get_running_loop().run_in_executor(
+            pool, functools.partial(fn, *args, **kwargs))
+        if step is not None:
+            self._note_step(step, time.perf_counter() - started)
+        return result
+
+    def _late_tick(self, late: float) -> None:
+        """The ticks ran ``late`` seconds after they were due, so a leader's heartbeats
+        went out that late too: followers that hear nothing for an election timeout
+        start an election. Counted, and reported with what took the time, as etcd
+        warns of a leader that "failed to send out heartbeat on time"."""
+        self.metrics.heartbeats_late.inc()
+        now = time.monotonic()
+        if now - self._late_reported < LATE_REPORT_INTERVAL_S:
+            self._late_unreported += 1
+            return
+        steps = sorted(self._slowest.items(), key=lambda kv: -kv[1])
+        if steps and steps[0][1] >= late / 2:
+            cause = ", ".join(f"{step} {seconds:.3f}s" for step, seconds in steps[:3])
+            why = f"waiting on the disk: the slowest steps were {cause}"
+        else:
+            why = ("the event loop was busy elsewhere (more client requests than this "
+                   "node's CPU can serve?)")
+        more = (f" ({self._late_unreported} more since the last report)"
+                if self._late_unreported else "")
+        log.warning("heartbeats went out %.3fs late%s; %s. Followers start an election "
+                    "after %.1fs without one", late, more, why,
+                    self.tick_seconds * self.raft.config.election_tick)
+        self._late_reported, self._late_unreported = now, 0
+        self._slowest.clear()
+
     async def _handle(self, rd: Ready) -> None:
         if rd.soft_state is not None:
             self._on_soft_state(rd.soft_state.role, rd.soft_state.leader)
         for m in rd.messages:
             self._send(m)
+        if rd.entries:
+            self._log_bytes += sum(len(e.data) for e in rd.entries)
         if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
-            appending, syncing = await asyncio.to_thread(self._persist, rd)
+            appending, syncing = await self._in(self._io, "the log's write and fsync",
+                                                self._persist, rd)
             self.metrics.wal_append.observe(appending)
             if syncing is not None:
                 self.metrics.wal_fsync.observe(syncing)
@@ -351,9 +465,14 @@ class RaftGroup:
         for m in rd.persisted_messages:
             self._send(m)
         if rd.snapshot is not None:
+            # The snapshot replaces the store: every batch before it goes in first.
+            await self._timed("waiting for the applies", self._applying.join())
             await self._install_snapshot(rd.snapshot)
         if rd.committed_entries:
-            await self._apply(rd)
+            self._committed(rd.committed_entries)
+            # Waits only when the applies are a queue's length behind (back-pressure).
+            await self._timed("waiting for the applies",
+                              self._applying.put(list(rd.committed_entries)))
         for rs in rd.read_states:
             self._release_read(rs)
         for ctx in rd.dropped_reads:
@@ -379,8 +498,9 @@ class RaftGroup:
 
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:
         started = time.monotonic()
-        size = await asyncio.to_thread(self._restore, meta)
+        size = await self._in(self._apply_pool, "installing a snapshot", self._restore, meta)
         self._latest_snapshot = meta
+        self._snapshot_bytes, self._log_bytes = size, 0
         self.metrics.snapshot_installed(size)
         leader = self.raft.leader
         source = self.name_of(leader) if leader != NONE else None
@@ -409,10 +529,44 @@ class RaftGroup:
             except Exception:
                 log.exception("handling a membership change failed")
 
-    async def _apply(self, rd: Ready) -> None:
-        batch = payloads(rd.committed_entries, self.kv.conf_state)
+    def _committed(self, entries: list[Entry]) -> None:
+        for e in entries:
+            w = self._waiters.get(e.index)
+            if w is not None and w.on_commit is not None and w.term == e.term:
+                try:
+                    w.on_commit()
+                except Exception:
+                    log.exception("a commit callback failed")
+
+    async def _apply_loop(self) -> None:
+        """Apply committed batches in log order, one at a time, beside the Ready loop.
+
+        An apply ends with LMDB's fdatasync, which on a large store can take far
+        longer than a heartbeat interval; run inline, it held up the next Ready and
+        so the heartbeats, and followers started needless elections. The core
+        counts a batch as applied when its Ready is advanced (it needs nothing from
+        the store), so the store may lag a few batches behind: everything that
+        reads the store waits on its own applied index (``wait_applied``). After a
+        failure the rest is drained unapplied and ``_run`` raises the error."""
+        while True:
+            entries = await self._applying.get()
+            try:
+                if self._apply_failed is None:
+                    await self._apply(entries)
+            except Exception as e:
+                self._apply_failed = e
+                self._wakeup.set()
+            finally:
+                self._applying.task_done()
+
+    def _apply_entries(self, entries: list[Entry]
+                       ) -> list[Applied | AlreadyApplied | RequestError]:
+        # In the apply thread: the store's membership is then that of every earlier batch.
+        return self.kv.apply_batch(payloads(entries, self.kv.conf_state))
+
+    async def _apply(self, entries: list[Entry]) -> None:
         started = time.perf_counter()
-        outcomes = await asyncio.to_thread(self.kv.apply_batch, batch)
+        outcomes = await self._in(self._apply_pool, None, self._apply_entries, entries)
         self.metrics.apply_duration.observe(time.perf_counter() - started)
         if self.on_events is not None:
             events = [e for o in outcomes if isinstance(o, Applied) for e in o.events]
@@ -420,7 +574,7 @@ class RaftGroup:
                 self.on_events(events, self.kv.revision)
             except Exception:
                 log.exception("delivering applied events failed")
-        for e, outcome in zip(rd.committed_entries, outcomes, strict=True):
+        for e, outcome in zip(entries, outcomes, strict=True):
             w = self._waiters.pop(e.index, None)
             if w is None:
                 continue
@@ -435,7 +589,7 @@ class RaftGroup:
                 self.metrics.proposals_committed.inc()
                 w.future.set_result(outcome)
         self._applied_event.set()
-        if any(isinstance(p, MembershipChange) for _, _, p in batch):
+        if any(e.type is EntryType.CONF_CHANGE for e in entries):
             self._membership_changed()
 
     def _release_read(self, rs: ReadState) -> None:
@@ -445,8 +599,11 @@ class RaftGroup:
 
     def _after_advance(self) -> None:
         raft = self.raft
-        if (self._snapshot_task is None
-                and raft.log.applied - raft.log.snapshot.index >= self.snapshot_threshold):
+        if self._snapshot_task is None and snapshot_due(
+                entries=raft.log.applied - raft.log.snapshot.index,
+                threshold=self.snapshot_threshold, log_bytes=self._log_bytes,
+                snapshot_bytes=self._snapshot_bytes):
+            self._log_bytes = 0
             self._snapshot_task = asyncio.get_running_loop().create_task(self._take_snapshot())
 
     def _observe_state(self) -> None:
@@ -544,10 +701,11 @@ class RaftGroup:
     async def _take_snapshot(self) -> None:
         try:
             started = time.monotonic()
-            meta = await asyncio.to_thread(self._write_snapshot)
+            meta = await self._in(self._snapshot_io, None, self._write_snapshot)
             seconds = time.monotonic() - started
-            size = await asyncio.to_thread(self._snapshot_size, meta)
+            size = await self._in(self._snapshot_io, None, self._snapshot_size, meta)
             self._latest_snapshot = meta
+            self._snapshot_bytes = size
             self.metrics.snapshot_saved(size, seconds)
             done = asyncio.get_running_loop().create_future()
 
@@ -560,7 +718,7 @@ class RaftGroup:
 
             self.call_soon(compact)
             await done
-            await asyncio.to_thread(self._release_log, meta)
+            await self._in(self._snapshot_io, None, self._release_log, meta)
             self.events.record(ev.SNAPSHOT_CREATED,
                                f"snapshot at index {meta.index} (term {meta.term}) saved, "
                                f"{size} bytes in {seconds:.3f}s; log compacted",
@@ -585,13 +743,9 @@ class RaftGroup:
 
     def _write_snapshot(self) -> SnapshotMeta:
         started = time.monotonic()
-        tmp = Path(tempfile.mkdtemp(prefix="snap-", dir=self.scratch_dir))
-        try:
-            meta = self.kv.snapshot_to(tmp)
-            self.snapshots.save_from_file(meta, tmp / "data.mdb")
-            self.snapshots.prune(keep=2)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with self.kv.pinned_image() as (meta, image):
+            self.snapshots.save_streamed(meta, image.write_to)
+        self.snapshots.prune(keep=2)
         log.debug("snapshot written in %.3fs", time.monotonic() - started)
         return meta
 
@@ -604,6 +758,10 @@ class RaftGroup:
         if self._snapshot_task is not None:
             with contextlib.suppress(Exception):
                 await self._snapshot_task
+        # Both are idle by now: the group's task has ended and the snapshot is done.
+        self._io.shutdown(wait=False)
+        self._apply_pool.shutdown(wait=False)
+        self._snapshot_io.shutdown(wait=False)
 
     # -- introspection ---------------------------------------------------------------------
 
@@ -613,7 +771,7 @@ class RaftGroup:
         for k, pr in r.progress.items():
             progress[k] = {"match": pr.match, "next": pr.next, "state": pr.state.value}
         return GroupStatus(id=r.id, term=r.term, role=r.role.value, leader=r.leader,
-                           commit=r.log.committed, applied=r.log.applied,
+                           commit=r.log.committed, applied=self.kv.applied_index,
                            last_index=r.log.last_index, snapshot_index=r.log.snapshot.index,
                            voters=sorted(r.conf.voters), learners=sorted(r.conf.learners),
                            progress=progress)

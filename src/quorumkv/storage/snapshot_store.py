@@ -19,7 +19,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -140,6 +141,40 @@ class SnapshotStore:
             while chunk := src.read(chunk_size):
                 writer.write(chunk)
             writer.commit()
+
+    def save_streamed(self, meta: SnapshotMeta, produce: Callable[[int], None],
+                      chunk_size: int = DEFAULT_CHUNK_SIZE) -> None:
+        """Save as the snapshot ``meta`` the image that ``produce`` writes to the file
+        descriptor it is given (a pipe), in one pass: no copy of the image is written
+        anywhere first. ``produce`` runs in a thread of its own while this one reads,
+        checksums and writes; an error on either side discards the snapshot."""
+        read_fd, write_fd = os.pipe()
+        failure: list[BaseException] = []
+
+        def producer() -> None:
+            try:
+                produce(write_fd)
+            except BaseException as e:  # re-raised in the saving thread
+                failure.append(e)
+            finally:
+                os.close(write_fd)
+
+        thread = threading.Thread(target=producer, name="snapshot-image", daemon=True)
+        try:
+            with self.begin(meta) as writer:
+                thread.start()
+                while chunk := os.read(read_fd, chunk_size):
+                    writer.write(chunk)
+                thread.join()
+                if failure:
+                    raise failure[0]
+                writer.commit()
+        finally:
+            # Closing the reading end first makes a producer still writing fail at
+            # once (EPIPE) instead of blocking on a full pipe.
+            os.close(read_fd)
+            if thread.ident is not None:
+                thread.join()
 
     def open_reader(self, meta: SnapshotMeta, *, verify: bool = True) -> SnapshotReader:
         """Open a complete snapshot; its whole-file checksum is checked unless ``verify`` is
