@@ -80,7 +80,9 @@ def measure(label: str, make: clusters.Cluster, tool: str, loads: list[str]
 def _verdict(text: str) -> str:
     if not text:
         return "(no output)"
-    lines = [ln for ln in text.splitlines() if "PASS" in ln or "FAIL" in ln]
+    # etcdctl words a failed latency check without a PASS/FAIL prefix.
+    lines = [ln for ln in text.splitlines()
+             if "PASS" in ln or "FAIL" in ln or ln.startswith(("Slowest", "Stddev"))]
     return "; ".join(lines) or text.splitlines()[-1]
 
 
