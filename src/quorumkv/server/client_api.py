@@ -613,7 +613,12 @@ class ClientServer:
                 error = QuorumKVError.code
                 failed = True
             self._observed(req, time.perf_counter() - started, error)
-            await conn.send(frame)
+            # Queued, to go out with the other answers of this loop iteration in one
+            # write; a watch's events and a snapshot's chunks go through conn.send,
+            # which writes whatever is queued first, so they follow this answer.
+            conn.queue(frame)
+            if conn.queued_bytes() > _WRITE_HIGH_WATER:
+                await conn.send(b"")  # backpressure, as for the one-level reads
             if stream is not None:
                 stream.ready.set()  # the watch's own messages may follow its first answer
             if snapshot is not None and not failed:
