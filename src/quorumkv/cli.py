@@ -91,6 +91,11 @@ for _command in (user, role, auth):
 @click.option("--election-ticks", type=int, default=None, help="Election timeout in ticks [10].")
 @click.option("--snapshot-threshold", type=int, default=None,
               help="Entries after which the log is compacted [10000].")
+@click.option("--lease-reads/--no-lease-reads", default=None,
+              help="Serve quorum reads on the leader from its lease, without a heartbeat "
+                   "round; safe while clocks drift less than --max-clock-drift [off].")
+@click.option("--max-clock-drift", type=float, default=None,
+              help="How far a member's clock may run fast or slow, a share [0.05].")
 @click.option("--config", "config_file", type=click.Path(path_type=Path, exists=True),
               help="A TOML file with the same settings (flags override it).")
 @click.option("--log-level", default="info", show_default=True, type=click.Choice(LEVELS))
@@ -105,6 +110,7 @@ def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
           cluster_token: str | None, join: str | None, leave_on_shutdown: bool | None,
           max_voters: int | None, promote_lag: int | None, tick_ms: int | None,
           election_ticks: int | None, snapshot_threshold: int | None,
+          lease_reads: bool | None, max_clock_drift: float | None,
           config_file: Path | None, log_level: str, log_format: str,
           tls_settings: dict[str, Any]) -> None:
     """Run a quorumkv node."""
@@ -149,7 +155,8 @@ def serve(name: str | None, data_dir: Path | None, peer_listen: str | None,
                            ("leave_on_shutdown", leave_on_shutdown),
                            ("max_voters", max_voters), ("promote_lag", promote_lag),
                            ("election_ticks", election_ticks),
-                           ("snapshot_threshold", snapshot_threshold)):
+                           ("snapshot_threshold", snapshot_threshold),
+                           ("lease_reads", lease_reads), ("max_clock_drift", max_clock_drift)):
             if value is not None:
                 settings[key] = value
         settings.update(tls_settings)

@@ -14,18 +14,17 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster_harness import free_ports
+from in_process import in_process_cluster, leader_of
 
 from quorumkv.client.results_wire import write_result_from_wire
 from quorumkv.kv.commands import Put
 from quorumkv.kv.results import PutResult
-from quorumkv.server.config import NodeConfig
 from quorumkv.server.node import Node
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,37 +36,8 @@ of 100 ms), and three times the request timeout."""
 REQUEST_TIMEOUT_S = 1.0
 
 
-def configs(tmp_path: Path) -> list[NodeConfig]:
-    ports = free_ports(6)
-    names = ["n1", "n2", "n3"]
-    initial = {n: ("127.0.0.1", ports[i]) for i, n in enumerate(names)}
-    clients = {n: f"127.0.0.1:{ports[3 + i]}" for i, n in enumerate(names)}
-    return [NodeConfig(name=n, data_dir=tmp_path / n, peer_port=ports[i],
-                       client_port=ports[3 + i], http_port=None, initial_cluster=initial,
-                       client_addresses=clients, request_timeout_s=REQUEST_TIMEOUT_S)
-            for i, n in enumerate(names)]
-
-
-@asynccontextmanager
-async def cluster(tmp_path: Path) -> AsyncIterator[list[Node]]:
-    nodes = [Node(c) for c in configs(tmp_path)]
-    tasks = [asyncio.create_task(n.serve()) for n in nodes]
-    try:
-        yield nodes
-    finally:
-        for n in nodes:
-            n.stop()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
-async def leader_of(nodes: Sequence[Node]) -> Node:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        for n in nodes:
-            if n.group is not None and n.group.raft.leader == n.group.node_id:
-                return n
-        await asyncio.sleep(0.05)
-    raise AssertionError("no leader within 30 s")
+def cluster(tmp_path: Path) -> AbstractAsyncContextManager[list[Node]]:
+    return in_process_cluster(tmp_path, request_timeout_s=REQUEST_TIMEOUT_S)
 
 
 def slow_down_one_apply(node: Node, entered: threading.Event) -> None:

@@ -5,7 +5,10 @@ deliberate bug (``InjectedBug``) and asserts the simulator reports a
 violation of the property the bug breaks, within a bounded number of seeds.
 The bug that needs Figure 3.7's precise interleaving (committing an old-term
 entry by counting) is proven by a scripted scenario in
-``tests/unit/raft/`` instead, where the same safety monitor flags it.
+``tests/unit/raft/`` instead, where the same safety monitor flags it; so is
+a read lease that outlives the followers' election timeout
+(``test_read_lease.py``), whose stale read needs a leader that stalls while
+the others elect and commit.
 """
 
 from __future__ import annotations
@@ -65,3 +68,4 @@ def test_the_correct_core_passes_the_same_seeds() -> None:
         result = run_simulation(SimOptions.bug_hunt(seed, 3, frozenset()))
         assert result.ok, f"seed {seed}: {result.violation}"
     assert sub_rng(1, "x").random() == sub_rng(1, "x").random()
+

@@ -18,6 +18,7 @@ class InjectedBug(enum.Enum):
     SKIP_LOG_UP_TO_DATE_CHECK = "skip_log_up_to_date_check"
     READ_WITHOUT_QUORUM_CHECK = "read_without_quorum_check"
     FORGET_VOTE_ON_RESTART = "forget_vote_on_restart"
+    LEASE_OUTLIVES_ELECTION = "lease_outlives_election"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -33,6 +34,11 @@ class RaftConfig:
     check_quorum: bool = True
     """A leader that hears from no majority for an election timeout steps down (§6.2),
     and a follower that heard a leader recently ignores vote requests (leader stickiness)."""
+    lease_ticks: int = 0
+    """Serve ReadIndex reads on the leader without a heartbeat round for this many ticks
+    after a majority answered one (lease.py); 0: never. Needs ``check_quorum``, and at
+    most ``election_tick - 2``: the margin covers the ticks' granularity only, so give
+    less to allow for clocks that run at different rates."""
     max_inflight: int = 256
     """Per-follower window of unacknowledged appends (pipelining, §10.2.2)."""
     max_msg_bytes: int = 1 << 20
@@ -49,3 +55,6 @@ class RaftConfig:
         assert self.heartbeat_tick > 0
         assert self.election_tick > self.heartbeat_tick, "election timeout must exceed heartbeat"
         assert self.max_inflight > 0
+        assert self.lease_ticks == 0 or (
+            self.check_quorum and 0 < self.lease_ticks <= self.election_tick - 2), \
+            "a read lease needs check_quorum and must end two ticks before an election"

@@ -37,6 +37,7 @@ from quorumkv.raft.entries import (
     HardState,
     SnapshotMeta,
 )
+from quorumkv.raft.lease import ReadLease
 from quorumkv.raft.log import RaftLog
 from quorumkv.raft.messages import (
     AppendRequest,
@@ -98,6 +99,9 @@ class RaftNode:
         self.lead_transferee = NONE
         self.pending_conf_index = 0
         self.read_only = ReadOnlyQueue()
+        self.lease = ReadLease()
+        self.ticks = 0
+        """Ticks since this node started: the lease's clock."""
         self.reads_awaiting_commit: list[tuple[bytes, int]] = []
         self.broadcast_pending = False
 
@@ -137,6 +141,7 @@ class RaftNode:
     # -- inputs -------------------------------------------------------------------
 
     def tick(self) -> None:
+        self.ticks += 1
         if self.role is Role.LEADER:
             replication.tick_leader(self)
         else:
@@ -390,6 +395,7 @@ class RaftNode:
         self._reset(self.term)
         self.role = Role.LEADER
         self.leader = self.id
+        self.lease = ReadLease()
         replication.init_leader(self)
 
     def campaign(self, *, transfer: bool = False) -> None:

@@ -154,7 +154,12 @@ def tick_leader(node: RaftNode) -> None:
             node.lead_transferee = NONE
     if node.heartbeat_elapsed >= node.config.heartbeat_tick:
         node.heartbeat_elapsed = 0
-        broadcast_heartbeat(node, node.read_only.last_context() or b"")
+        pending = node.read_only.last_context()
+        if node.config.lease_ticks:
+            # Every round renews the lease, so each carries a context to match answers by.
+            broadcast_heartbeat(node, node.lease.round_context(node, pending))
+        else:
+            broadcast_heartbeat(node, pending or b"")
 
 
 def _quorum_recently_active(node: RaftNode) -> bool:
@@ -191,6 +196,8 @@ def step_leader(node: RaftNode, m: Message) -> None:
         if pr.match < node.log.last_index:
             send_append(node, m.src)
         if m.context:
+            if node.config.lease_ticks:
+                node.lease.answered(node, m.src, m.context)
             _handle_read_ack(node, m.context, m.src)
     # Vote responses and others from an earlier candidacy are stale here.
 
@@ -238,10 +245,12 @@ def leader_read_index(node: RaftNode, context: bytes, origin: int) -> None:
         # Until its no-op commits, a new leader does not know the commit index (§6.4).
         node.reads_awaiting_commit.append((context, origin))
         return
-    if node.conf.voters == {node.id}:
+    if node.conf.voters == {node.id} or node.lease.valid(node):
         node.release_read(context, log.committed, origin)
         return
     node.read_only.add(context=context, index=log.committed, origin=origin, self_id=node.id)
+    if node.config.lease_ticks:
+        context = node.lease.round_context(node, context)
     broadcast_heartbeat(node, context)
 
 
@@ -260,6 +269,7 @@ def start_transfer(node: RaftNode, to: int) -> None:
     if node.lead_transferee == to:
         return
     node.lead_transferee = to
+    node.lease.transfer_started()
     node.election_elapsed = 0
     pr = node.progress[to]
     if pr.match == node.log.last_index:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from quorumkv.errors import InvalidArgument
+from quorumkv.raft.lease import lease_ticks_for
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
@@ -125,6 +126,11 @@ class NodeConfig:
     heartbeat_ticks: int = 1
     snapshot_threshold: int = 10_000
     """Applied entries beyond the last snapshot that trigger a new one."""
+    lease_reads: bool = False
+    """Serve quorum reads on the leader from its lease, without a heartbeat round
+    (docs/consistency.md): linearizable only while clocks run within max_clock_drift."""
+    max_clock_drift: float = 0.05
+    """How far any member's clock may run fast or slow (a share); shortens the lease."""
     max_request_bytes: int = 4 << 20
     max_key_bytes: int = 4096
     max_value_bytes: int = 1536 << 10
@@ -170,12 +176,26 @@ class NodeConfig:
     as a token bucket of max_request_burst; None: unlimited."""
     max_request_burst: int = 1000
 
+    @property
+    def lease_ticks(self) -> int:
+        """The read lease's length in ticks (0: off), as lease.py derives it."""
+        if not self.lease_reads:
+            return 0
+        return lease_ticks_for(self.election_ticks, self.max_clock_drift)
+
     def __post_init__(self) -> None:
         check_name(self.name)
         if self.initial_cluster and self.name not in self.initial_cluster:
             raise InvalidArgument(f"this node ({self.name}) is not in the initial cluster")
         if self.election_ticks <= self.heartbeat_ticks:
             raise InvalidArgument("the election timeout must be longer than the heartbeat")
+        if not 0 <= self.max_clock_drift < 0.5:
+            raise InvalidArgument("max_clock_drift must be at least 0 and below 0.5")
+        if self.lease_reads and self.lease_ticks == 0:
+            raise InvalidArgument(
+                f"no read lease is safe with an election timeout of {self.election_ticks} "
+                f"ticks and a clock drift of {self.max_clock_drift}: give more election "
+                "ticks, or turn lease_reads off")
         for advertised in (self.peer_advertise, self.client_advertise):
             if advertised is not None:
                 parse_address(advertised)

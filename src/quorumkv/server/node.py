@@ -344,7 +344,8 @@ class Node:
             client_ssl=peer_ssl.client if peer_ssl else None)
         self._refresh_members()
         raft_config = RaftConfig(id=self.node_id, election_tick=cfg.election_ticks,
-                                 heartbeat_tick=cfg.heartbeat_ticks)
+                                 heartbeat_tick=cfg.heartbeat_ticks,
+                                 lease_ticks=cfg.lease_ticks)
         self.group = RaftGroup(node_id=self.node_id, group_id=0, raft_config=raft_config,
                                wal=wal, kv=kv, snapshots=snapshots, transport=self.transport,
                                tick_seconds=cfg.tick_ms / 1000,

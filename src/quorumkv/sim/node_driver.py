@@ -52,7 +52,8 @@ class SimNode:
     def _config(self) -> RaftConfig:
         opt = self.cluster.options
         return RaftConfig(id=self.id, election_tick=opt.election_tick, heartbeat_tick=1,
-                          max_inflight=8, max_msg_bytes=opt.max_msg_bytes, injected_bugs=opt.bugs)
+                          max_inflight=8, max_msg_bytes=opt.max_msg_bytes,
+                          lease_ticks=opt.lease_ticks, injected_bugs=opt.bugs)
 
     def start(self, *, bootstrap: list[int] | None = None) -> None:
         """Start from the disk (restart), as a new cluster member, or empty (to join)."""

@@ -6,9 +6,15 @@ import random
 from dataclasses import dataclass, field, replace
 
 from quorumkv.raft.config import InjectedBug
+from quorumkv.raft.lease import lease_ticks_for
 
 TICK_MS = 10
 """Virtual milliseconds per Raft tick."""
+
+
+TICK_JITTER = 0.1
+"""Each simulated tick lasts TICK_MS, give or take this share (node_driver.py): the
+clock drift a simulated read lease allows for."""
 
 
 def sub_rng(seed: int, name: str) -> random.Random:
@@ -51,6 +57,8 @@ class SimOptions:
     fault_ms: int = 3_000
     liveness_budget_ms: int = 5_000
     election_tick: int = 10
+    lease_ticks: int = 0
+    """The leader's read lease (``RaftConfig.lease_ticks``); 0: every read is a round."""
     bugs: frozenset[InjectedBug] = field(default_factory=frozenset)
 
     @classmethod
@@ -83,7 +91,7 @@ class SimOptions:
             think_ms=r.choice([0, 5, 20]),
             fault_ms=r.choice([1_500, 2_500, 4_000]),
             bugs=bugs,
-        )
+        ).leased()
 
     @classmethod
     def _aggressive(cls, seed: int, nodes: int, bugs: frozenset[InjectedBug],
@@ -109,14 +117,23 @@ class SimOptions:
             fault_ms=r.choice([2_000, 3_000]),
             election_tick=r.choice([5, 10]),
             bugs=bugs,
-        )
+        ).leased()
 
     @classmethod
     def bug_hunt(cls, seed: int, nodes: int, bugs: frozenset[InjectedBug]) -> SimOptions:
         """The aggressive profile, tuned further for split votes and quick restarts."""
         base = cls._aggressive(seed, nodes, bugs, sub_rng(seed, "options"))
         return base.with_(crash_interval_ms=40, restart_min_ms=0, restart_max_ms=20,
-                          election_tick=5, slow_rate=0.1, slow_max_ms=100, duplicate_rate=0.05)
+                          election_tick=5, slow_rate=0.1, slow_max_ms=100, duplicate_rate=0.05,
+                          lease_ticks=lease_ticks_for(5, TICK_JITTER) if base.lease_ticks else 0)
+
+    def leased(self) -> SimOptions:
+        """These options with the read lease on or off, as the seed decides: half of all
+        runs lease their reads, drawn from a stream of its own so that the other options
+        of every seed stay what they were before leases existed."""
+        if not sub_rng(self.seed, "lease").getrandbits(1):
+            return self
+        return self.with_(lease_ticks=lease_ticks_for(self.election_tick, TICK_JITTER))
 
     def with_(self, **changes: object) -> SimOptions:
         return replace(self, **changes)  # type: ignore[arg-type]
