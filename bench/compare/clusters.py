@@ -119,9 +119,11 @@ class Cluster:
                 m.proc.wait(timeout=STOP_TIMEOUT)
 
 
-def quorumkv_cluster(workdir: Path, *, etcd_api: bool = False) -> Cluster:
+def quorumkv_cluster(workdir: Path, *, etcd_api: bool = False,
+                     lease_reads: bool = False) -> Cluster:
     """As tests/integration/cluster_harness.py starts one, but with the default tick.
-    ``etcd_api``: each member also serves the etcd v3 API, and the endpoints are those."""
+    ``etcd_api``: each member also serves the etcd v3 API, and the endpoints are those.
+    ``lease_reads``: the leader serves quorum reads from its lease (docs/consistency.md)."""
     ports = free_ports(4 * SIZE)
     names = [f"n{i + 1}" for i in range(SIZE)]
     initial = ",".join(f"{n}=127.0.0.1:{ports[i]}" for i, n in enumerate(names))
@@ -137,9 +139,11 @@ def quorumkv_cluster(workdir: Path, *, etcd_api: bool = False) -> Cluster:
                 "--initial-cluster", initial, "--client-urls", clients]
         if etcd_api:
             args += ["--etcd-listen", f"127.0.0.1:{ports[3 * SIZE + i]}"]
+        if lease_reads:
+            args.append("--lease-reads")
         members.append(Member(name=name, args=args, log_path=workdir / f"{name}.log", env=env))
     first = 3 * SIZE if etcd_api else SIZE
-    return Cluster(label="quorumkv", members=members,
+    return Cluster(label="quorumkv-lease" if lease_reads else "quorumkv", members=members,
                    endpoints=[f"127.0.0.1:{ports[first + i]}" for i in range(SIZE)])
 
 

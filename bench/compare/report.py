@@ -56,6 +56,11 @@ def ratio_header(other: str) -> str:
     return f"{BASELINE}/{other}"
 
 
+def _is_ours(system: str) -> bool:
+    """quorumkv, or one of its configurations (quorumkv-lease): rows that get ratios."""
+    return system == BASELINE or system.startswith(BASELINE + "-")
+
+
 def render_table(rows: Sequence[Row]) -> str:
     """One markdown table; quorumkv's rows carry its ops/s divided by each other system's.
 
@@ -63,7 +68,8 @@ def render_table(rows: Sequence[Row]) -> str:
     the two rows it divides.
     """
     systems = list(dict.fromkeys(r.system for r in rows))
-    others = [s for s in systems if s != BASELINE] if BASELINE in systems else []
+    ours = [s for s in systems if _is_ours(s)]
+    others = [s for s in systems if not _is_ours(s)] if ours else []
     headers = [*HEADERS, *(ratio_header(s) for s in others)]
     by_key = {(r.system, r.workload, r.clients): r for r in rows}
     workloads = list(dict.fromkeys(r.workload for r in rows))
@@ -81,7 +87,7 @@ def render_table(rows: Sequence[Row]) -> str:
                          f"{r.server_cpu_us:.0f}", f"{r.client_cpu_us:.0f}"]
                 for other in others:
                     o = by_key.get((other, workload, c))
-                    if system == BASELINE and o is not None and o.ops_per_s > 0:
+                    if _is_ours(system) and o is not None and o.ops_per_s > 0:
                         cells.append(f"{r.ops_per_s / o.ops_per_s:.2f}")
                     else:
                         cells.append("")

@@ -65,6 +65,8 @@ class Variant:
     adapter: str
     python: str
     make: Callable[[Path], clusters.Cluster]
+    workloads: tuple[str, ...] | None = None
+    """The only workloads it runs (those a setting changes); None: all."""
 
 
 class Failure(Exception):
@@ -231,15 +233,22 @@ def measure(variant: Variant, cluster: clusters.Cluster, workload: str, clients:
 
 # -- the run ----------------------------------------------------------------------------------
 
-def variants(systems: Sequence[str], pysyncobj_variants: Sequence[str]) -> list[Variant]:
+def variants(systems: Sequence[str], pysyncobj_variants: Sequence[str],
+             quorumkv_variants: Sequence[str] = ("default", "lease")) -> list[Variant]:
     """What runs, installing each system's needs first (nothing for quorumkv alone)."""
     out: list[Variant] = []
     peer_python = (install.ensure_peer_venv()
                    if any(s in systems for s in ("etcd", "pysyncobj")) else "")
     for system in systems:
         if system == "quorumkv":
-            out.append(Variant("quorumkv", "quorumkv", sys.executable,
-                               clusters.quorumkv_cluster))
+            if "default" in quorumkv_variants:
+                out.append(Variant("quorumkv", "quorumkv", sys.executable,
+                                   clusters.quorumkv_cluster))
+            if "lease" in quorumkv_variants:
+                # The lease changes linearizable reads only.
+                out.append(Variant("quorumkv-lease", "quorumkv", sys.executable,
+                                   partial(clusters.quorumkv_cluster, lease_reads=True),
+                                   workloads=("get",)))
         elif system == "etcd":
             etcd = install.ensure_etcd()
             out.append(Variant("etcd", "etcd", peer_python,
@@ -264,6 +273,8 @@ def run_variant(variant: Variant, args: argparse.Namespace, workdir: Path,
         progress(f"{variant.label}: cluster of 3 starting, prefilling {args.keys} keys")
         prefill(variant, cluster, args, vdir)
         for workload in args.workloads:
+            if variant.workloads is not None and workload not in variant.workloads:
+                continue
             for clients in args.concurrency:
                 m, server_cpu = measure(variant, cluster, workload, clients, args, vdir)
                 per_op = 1e6 / m.ops if m.ops else 0.0
@@ -312,6 +323,9 @@ Notes:
 - get, linearizable: quorumkv consistency quorum and etcd's default Range,
   both ReadIndex. PySyncObj has no linearizable read without a log write, so
   its get is a replicated call through the log: a write's cost.
+- quorumkv-lease: quorumkv with --lease-reads (docs/consistency.md), whose
+  leader serves quorum gets from its lease, without a heartbeat round; only
+  the linearizable get is run, as nothing else changes.
 - get-one: quorumkv consistency one, etcd serializable Range, PySyncObj a
   read of the member's local copy; all may be stale on a follower.
 - Durability: quorumkv and etcd fsync before acknowledging a write.
@@ -394,6 +408,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--pysyncobj-variants", type=csv_list(str, ("default", "nobatch")),
                         default=["default", "nobatch"],
                         help="PySyncObj's configurations: default,nobatch [both]")
+    parser.add_argument("--quorumkv-variants", type=csv_list(str, ("default", "lease")),
+                        default=["default", "lease"],
+                        help="quorumkv's configurations: default, and lease (--lease-reads, "
+                             "linearizable gets only) [both]")
     parser.add_argument("--procs", type=int, default=1,
                         help="load processes per measurement (one Python process tops out "
                              "near 12-15k requests/s) [1]")
@@ -428,7 +446,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         print(message, file=sys.stderr, flush=True)
 
     try:
-        to_run = variants(args.systems, args.pysyncobj_variants)
+        to_run = variants(args.systems, args.pysyncobj_variants, args.quorumkv_variants)
     except install.SetupError as e:
         raise SystemExit(f"setup failed: {e}") from None
     data_root = args.data_root or Path(tempfile.gettempdir())

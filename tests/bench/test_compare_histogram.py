@@ -139,12 +139,16 @@ def test_keys_have_the_requested_size_and_are_distinct() -> None:
 def test_the_table_puts_ratios_on_quorumkvs_rows_and_parses_back() -> None:
     rows = [report.Row(system=s, workload="put", clients=16, ops_per_s=ops, p50_ms=1.0,
                        p99_ms=2.0, errors=0)
-            for s, ops in (("quorumkv", 1000.0), ("etcd", 4000.0), ("pysyncobj", 500.0))]
+            for s, ops in (("quorumkv", 1000.0), ("quorumkv-lease", 2000.0),
+                           ("etcd", 4000.0), ("pysyncobj", 500.0))]
     parsed = report.parse_table("header line\n" + report.render_table(rows) + "\n\nnotes")
-    assert [r["system"] for r in parsed] == ["quorumkv", "etcd", "pysyncobj"]
+    assert [r["system"] for r in parsed] == ["quorumkv", "quorumkv-lease", "etcd", "pysyncobj"]
     assert parsed[0]["quorumkv/etcd"] == "0.25"
     assert parsed[0]["quorumkv/pysyncobj"] == "2.00"
-    assert parsed[1]["quorumkv/etcd"] == ""
+    # A configuration of quorumkv is divided too, and gets no column of its own.
+    assert parsed[1]["quorumkv/etcd"] == "0.50"
+    assert "quorumkv/quorumkv-lease" not in parsed[0]
+    assert parsed[2]["quorumkv/etcd"] == ""
 
 
 def test_the_generated_block_is_replaced_and_hand_written_text_kept() -> None:
