@@ -12,14 +12,21 @@ ping every 5 s, without calls, and never strike, as etcd's own server does.
 
 TLS: if the client port speaks TLS, this port does too, with the same
 certificate and key, and requires a client certificate signed by the
-trusted CA when ``client_cert_auth`` is on. The files are read at start;
-unlike the other ports this one does not reload them while running.
+trusted CA when ``client_cert_auth`` is on. Changed files are picked up
+without a restart, as on the other ports: gRPC asks :class:`CertFetcher`
+before each new connection's handshake, and it rereads the files when
+their modification times moved (looked at once per ``tls_reload_s`` at
+most). A pair that does not load (half copied, key not matching) is logged
+and the old one kept.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
+import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final
 
 import grpc
@@ -65,18 +72,68 @@ def server_options(config: NodeConfig) -> list[tuple[str, Any]]:
     ]
 
 
+class CertFetcher:
+    """The port's certificate configuration, reread when its files change."""
+
+    def __init__(self, config: NodeConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        assert config.cert_file is not None and config.key_file is not None
+        self._files = [config.cert_file, config.key_file]
+        self._ca = (config.trusted_ca_file
+                    if config.client_cert_auth and config.trusted_ca_file is not None else None)
+        if self._ca is not None:
+            self._files.append(self._ca)
+        self._interval = config.tls_reload_s
+        self._clock = clock
+        self._checked = clock()
+        self.reloads = 0
+        try:
+            self._stamp = self._stamps()
+            self.initial = self._configuration()
+        except OSError as e:
+            raise InvalidArgument(f"cannot read the etcd port's certificate files: {e}"
+                                  ) from None
+
+    def _stamps(self) -> tuple[int, ...]:
+        return tuple(f.stat().st_mtime_ns for f in self._files)
+
+    def _configuration(self) -> Any:
+        cert_file, key_file = self._files[0], self._files[1]
+        # Loading the pair into an SSL context checks that the key matches the
+        # certificate, which gRPC would only find out in a client's handshake.
+        ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+            str(cert_file), str(key_file))
+        ca = self._ca.read_bytes() if self._ca is not None else None
+        return grpc.ssl_server_certificate_configuration(
+            [(key_file.read_bytes(), cert_file.read_bytes())], root_certificates=ca)
+
+    def __call__(self) -> Any:
+        """gRPC's fetcher: a new configuration, or None to keep the current one."""
+        now = self._clock()
+        if now - self._checked < self._interval:
+            return None
+        self._checked = now
+        try:
+            stamp = self._stamps()
+            if stamp == self._stamp:
+                return None
+            configuration = self._configuration()
+        except (OSError, ssl.SSLError) as e:
+            log.warning("cannot reload the etcd port's certificate %s: %s; keeping the "
+                        "loaded one", self._files[0], e)
+            return None
+        self._stamp = stamp
+        self.reloads += 1
+        log.info("reloaded the etcd port's certificate %s", self._files[0])
+        return configuration
+
+
 def server_credentials(config: NodeConfig) -> Any:
     """The port's TLS credentials (the client port's files), None for plaintext."""
     if config.cert_file is None or config.key_file is None:
         return None
-    try:
-        key, cert = config.key_file.read_bytes(), config.cert_file.read_bytes()
-        ca = (config.trusted_ca_file.read_bytes()
-              if config.client_cert_auth and config.trusted_ca_file is not None else None)
-    except OSError as e:
-        raise InvalidArgument(f"cannot read the etcd port's certificate files: {e}") from None
-    return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
-                                       require_client_auth=config.client_cert_auth)
+    fetcher = CertFetcher(config)
+    return grpc.dynamic_ssl_server_credentials(
+        fetcher.initial, fetcher, require_client_authentication=config.client_cert_auth)
 
 
 class EtcdServer:

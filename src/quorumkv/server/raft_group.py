@@ -160,6 +160,8 @@ class RaftGroup:
         self._wakeup = asyncio.Event()
         self._read_seq = 0
         self._snapshot_task: asyncio.Task[None] | None = None
+        self._image_writing: asyncio.Future[None] | None = None
+        """Set while a snapshot is being copied out of the store (it holds a read of it)."""
         self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-log")
         """The log's writes and fsyncs."""
         self._apply_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
@@ -465,8 +467,12 @@ class RaftGroup:
         for m in rd.persisted_messages:
             self._send(m)
         if rd.snapshot is not None:
-            # The snapshot replaces the store: every batch before it goes in first.
+            # The snapshot replaces the store: every batch before it goes in first, and
+            # a snapshot being copied out of the store must finish (the restore closes
+            # the store under any read still open on it).
             await self._timed("waiting for the applies", self._applying.join())
+            if self._image_writing is not None:
+                await self._timed("finishing a snapshot", asyncio.shield(self._image_writing))
             await self._install_snapshot(rd.snapshot)
         if rd.committed_entries:
             self._committed(rd.committed_entries)
@@ -709,7 +715,12 @@ class RaftGroup:
     async def _take_snapshot(self) -> None:
         try:
             started = time.monotonic()
-            meta = await self._in(self._snapshot_io, None, self._write_snapshot)
+            writing = self._image_writing = asyncio.get_running_loop().create_future()
+            try:
+                meta = await self._in(self._snapshot_io, None, self._write_snapshot)
+            finally:
+                self._image_writing = None
+                writing.set_result(None)
             seconds = time.monotonic() - started
             size = await self._in(self._snapshot_io, None, self._snapshot_size, meta)
             self._latest_snapshot = meta
@@ -763,13 +774,19 @@ class RaftGroup:
         self.wal.release_before(meta.index + 1)
 
     async def close(self) -> None:
-        if self._snapshot_task is not None:
-            with contextlib.suppress(Exception):
-                await self._snapshot_task
-        # Both are idle by now: the group's task has ended and the snapshot is done.
-        self._io.shutdown(wait=False)
-        self._apply_pool.shutdown(wait=False)
-        self._snapshot_io.shutdown(wait=False)
+        task = self._snapshot_task
+        if task is not None and not task.done():
+            if self._image_writing is not None:
+                await asyncio.shield(self._image_writing)
+            # What is left of it waits for the stopped Raft task (the log's compaction):
+            # drop that. The snapshot file is saved; the log is cut at the next one.
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # Idle by now, unless the group stopped on an error while a write or an apply
+        # was running: that one must end before the caller closes the log and store.
+        for pool in (self._io, self._apply_pool, self._snapshot_io):
+            await asyncio.to_thread(pool.shutdown, wait=True)
 
     # -- introspection ---------------------------------------------------------------------
 
