@@ -605,6 +605,7 @@ class RaftGroup:
         self._applied_event.set()
         if any(e.type is EntryType.CONF_CHANGE for e in entries):
             self._membership_changed()
+        self._maybe_snapshot()
 
     def _release_read(self, rs: ReadState) -> None:
         for fut in self._read_waiters.pop(rs.context, ()):
@@ -612,9 +613,14 @@ class RaftGroup:
                 fut.set_result(rs.index)
 
     def _after_advance(self) -> None:
+        self._maybe_snapshot()
+
+    def _maybe_snapshot(self) -> None:
+        # Counted from the store's applied index, which the snapshot will hold (the
+        # core's runs ahead of it by the batches still queued for the apply thread).
         raft = self.raft
         if self._snapshot_task is None and snapshot_due(
-                entries=raft.log.applied - raft.log.snapshot.index,
+                entries=self.kv.applied_index - raft.log.snapshot.index,
                 threshold=self.snapshot_threshold, log_bytes=self._log_bytes,
                 snapshot_bytes=self._snapshot_bytes):
             self._log_bytes = 0
