@@ -615,8 +615,12 @@ class Node:
                 # The timeout bounds reaching a majority. Once committed the write's
                 # outcome is settled, and its apply (seconds, for a delete of a large
                 # range) is waited for: "unknown" would then be a needless answer.
-                outcome = await self.group.propose(
-                    data, on_commit=lambda: deadline.reschedule(None))
+                def committed() -> None:
+                    # A write that already timed out has left its wait: nothing to extend.
+                    with contextlib.suppress(RuntimeError):
+                        deadline.reschedule(None)
+
+                outcome = await self.group.propose(data, on_commit=committed)
         except TimeoutError:
             raise QuorumNotReached(
                 "the write was proposed but a majority did not confirm it in time: its "
