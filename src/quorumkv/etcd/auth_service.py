@@ -34,7 +34,7 @@ from typing import Any, Final
 from quorumkv.client.auth_wire import PERM_TYPES, AuthRequest
 from quorumkv.errors import InvalidArgument, RoleNotFound, RootMissing
 from quorumkv.etcd import errors as ee
-from quorumkv.etcd.calls import EtcdService, unary
+from quorumkv.etcd.calls import EtcdService, applied_here, unary
 from quorumkv.etcd.generated import etcd_proto
 from quorumkv.etcd.header import response_header
 from quorumkv.etcd.identity import caller_of
@@ -64,11 +64,13 @@ class AuthService(EtcdService):
         node = self.node
         caller = caller_of(node, context)
         try:
-            return await forwarder_for(node).call(
+            result = await forwarder_for(node).call(
                 lambda: node.auth.admin(req, user=caller.user), req, changes=True,
                 token=caller.token)
         except (RootMissing, RoleNotFound, InvalidArgument) as e:
             raise await self._as_etcd(req, e) from None
+        await applied_here(node, result)
+        return result
 
     async def _as_etcd(self, req: AuthRequest, err: Exception) -> Exception:
         a = req.action

@@ -16,6 +16,8 @@ on the way back is an unknown outcome ("request timed out"), never retried.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import Awaitable, Callable
@@ -89,10 +91,26 @@ async def submit_write(node: Node, caller: Caller, cmd: Write) -> dict[str, Any]
     """Run ``cmd`` as ``caller`` on the leader (here or sent on); its result map."""
     validate(cmd, node.limits)
     check_write(node, caller, cmd)
-    return await forwarder_for(node).call(
+    result = await forwarder_for(node).call(
         lambda: node.write(cmd, consistency="quorum", client_id=0, seq=0, user=caller.user),
         WriteRequest(cmd=cmd, consistency="quorum", client_id=0, seq=0),
         changes=True, token=caller.token)
+    await applied_here(node, result)
+    return result
+
+
+async def applied_here(node: Node, result: dict[str, Any]) -> None:
+    """Wait, up to the request timeout, until this member has applied what the leader had
+    when it answered ``result``. etcd's member answers a change once it applied it
+    itself, so a serializable read on the same member sees the caller's own write; a
+    follower that sent the change on does the same. At once on the leader."""
+    header = result.get("header")
+    index = header.get("applied_index") if isinstance(header, dict) else None
+    if not isinstance(index, int) or node.group is None:
+        return
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(node.config.request_timeout_s):
+            await node.group.wait_applied(index)
 
 
 def streaming(method: Callable[[S, Any, Any], Awaitable[None]]

@@ -44,7 +44,7 @@ from quorumkv.client.protocol import (
     Request,
 )
 from quorumkv.etcd import errors as ee
-from quorumkv.etcd.calls import EtcdService, unary
+from quorumkv.etcd.calls import EtcdService, applied_here, unary
 from quorumkv.etcd.generated import etcd_proto
 from quorumkv.etcd.header import response_header
 from quorumkv.etcd.identity import caller_of
@@ -156,8 +156,14 @@ def peer_address_of(urls: list[str]) -> tuple[str, str]:
 async def on_leader(node: Node, local: Callable[[], Awaitable[dict[str, Any]]],
                     remote: Request) -> dict[str, Any]:
     """Run a membership or leadership change here if this member leads, else on the leader
-    (the request carries the cluster token, the leader's only check)."""
-    return await forwarder_for(node).call(local, remote, changes=True)
+    (the request carries the cluster token, the leader's only check).
+
+    As etcd's member does, the answer waits until this member has applied the change
+    too (up to the request timeout), so that its own member list, which etcdctl reads
+    serializably, already shows it."""
+    result = await forwarder_for(node).call(local, remote, changes=True)
+    await applied_here(node, result)
+    return result
 
 
 class ClusterService(EtcdService):
