@@ -363,3 +363,25 @@ def test_readers_keep_the_auth_view_while_a_snapshot_is_restored(
         monkeypatch.undo()
         assert seen == [before]
         assert store.auth_view().enabled  # the restored users, once it is open again
+
+
+def test_readers_get_an_auth_view_during_a_restore_even_if_none_was_read_before(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A member that joins and is sent a snapshot at once may be asked for the view
+    # (its first HTTP request) only while the restore has the store closed.
+    with KVStore.open(tmp_path / "src") as source:
+        _enable_with_reader(Log(source))
+        source.snapshot_to(tmp_path / "snap")
+    with KVStore.open(tmp_path / "dst") as store:
+        seen = []
+        real_replace = Path.replace
+
+        def replace_while_reading(self: Path, target: Path) -> Path:
+            seen.append(store.auth_view().enabled)
+            return real_replace(self, target)
+
+        monkeypatch.setattr(Path, "replace", replace_while_reading)
+        store.restore_from(tmp_path / "snap")
+        monkeypatch.undo()
+        assert seen == [False]
+        assert store.auth_view().enabled

@@ -638,6 +638,9 @@ class KVStore:
             state = copy_checked(Path(path), staging)
             if self._durable:
                 flush_copy(staging)
+            # Readers go on with the auth view while the store is closed (see below), so
+            # there must be one, even if nothing has asked for it yet.
+            self.auth_view()
             self._close_env()
             self._apply_view = None
             with lmdb_errors(f"restoring from {path}"):
