@@ -38,7 +38,7 @@ from quorumkv.kv import (
     encode_command,
     prefix_end,
 )
-from quorumkv.kv.auth import ROOT_NEED, Need, PermType, covers, needs_of
+from quorumkv.kv.auth import ROOT_NEED, AuthView, Need, PermType, covers, needs_of
 from quorumkv.kv.commands import AuthChange, Authorized, Session
 from quorumkv.kv.results import AuthResult
 from quorumkv.kv.validation import validate
@@ -341,47 +341,41 @@ def test_names_are_bounded_in_bytes_so_no_entry_can_break_the_store(log: Log) ->
     assert "\U0001f600" * 63 in log.store.auth_view().roles
 
 
-def test_readers_keep_the_auth_view_while_a_snapshot_is_restored(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def _views_read_during_a_restore(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                 *, read_before: bool) -> list[AuthView]:
+    """Restore a snapshot with auth enabled into a store without it, reading the auth view
+    while the restore has the store closed (as a request arriving then would: every
+    request reads it). Returns the views read then, the view read before the restore
+    first if ``read_before``."""
     with KVStore.open(tmp_path / "src") as source:
         _enable_with_reader(Log(source))
         source.snapshot_to(tmp_path / "snap")
     with KVStore.open(tmp_path / "dst") as store:
-        before = store.auth_view()
-        assert not before.enabled
-        seen = []
+        seen = [store.auth_view()] if read_before else []
         real_replace = Path.replace
 
         def replace_while_reading(self: Path, target: Path) -> Path:
-            # Inside restore_from the store is closed now: a request arriving here still
-            # needs an answer (every request reads the auth view).
-            seen.append(store.auth_view())
+            seen.append(store.auth_view())  # inside restore_from: the store is closed
             return real_replace(self, target)
 
         monkeypatch.setattr(Path, "replace", replace_while_reading)
         store.restore_from(tmp_path / "snap")
         monkeypatch.undo()
-        assert seen == [before]
         assert store.auth_view().enabled  # the restored users, once it is open again
+    return seen
+
+
+def test_readers_keep_the_auth_view_while_a_snapshot_is_restored(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    before, during = _views_read_during_a_restore(tmp_path, monkeypatch,
+                                                       read_before=True)
+    assert not before.enabled
+    assert during == before
 
 
 def test_readers_get_an_auth_view_during_a_restore_even_if_none_was_read_before(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A member that joins and is sent a snapshot at once may be asked for the view
     # (its first HTTP request) only while the restore has the store closed.
-    with KVStore.open(tmp_path / "src") as source:
-        _enable_with_reader(Log(source))
-        source.snapshot_to(tmp_path / "snap")
-    with KVStore.open(tmp_path / "dst") as store:
-        seen = []
-        real_replace = Path.replace
-
-        def replace_while_reading(self: Path, target: Path) -> Path:
-            seen.append(store.auth_view().enabled)
-            return real_replace(self, target)
-
-        monkeypatch.setattr(Path, "replace", replace_while_reading)
-        store.restore_from(tmp_path / "snap")
-        monkeypatch.undo()
-        assert seen == [False]
-        assert store.auth_view().enabled
+    [during] = _views_read_during_a_restore(tmp_path, monkeypatch, read_before=False)
+    assert not during.enabled

@@ -19,9 +19,9 @@ a stall shortens the lease and never stretches it.
 
 Rounds are matched by their ``context``, which followers echo: a round
 that confirms a pending ReadIndex read carries that read's context, any
-other round a context of the leader's own that cannot be a read's (reads
-use other lengths, see ``LEASE_CONTEXT_BYTES``). A context sent in several
-rounds counts from the first.
+other round a context of the leader's own that cannot be a read's (it
+begins with a zero byte and is 14 bytes long; drivers' read contexts are 8
+or 16). A context sent in several rounds counts from the first.
 
 Leadership transfer lets voters ignore stickiness for the transferee, so no
 round sent while a transfer is pending counts, and a lease earned before
@@ -39,8 +39,7 @@ if TYPE_CHECKING:
     from quorumkv.raft.node import RaftNode
 
 LEASE_CONTEXT_PREFIX: Final = b"\x00lease"
-LEASE_CONTEXT_BYTES: Final = len(LEASE_CONTEXT_PREFIX) + 8
-"""The length of the leader's own heartbeat contexts: read contexts must have another."""
+"""Begins the leader's own heartbeat contexts (then its tick, 8 bytes)."""
 
 
 def lease_ticks_for(election_tick: int, drift: float) -> int:
