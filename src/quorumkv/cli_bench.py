@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from quorumkv import event_loop
 from quorumkv.cli_common import ClientSettings, client_command, emit_json
 from quorumkv.tools.bench import GET_LEVELS, WORKLOADS, BenchOptions, BenchReport, BenchRun
 from quorumkv.tools.keyspace import KEY_DISTRIBUTIONS
@@ -83,7 +84,7 @@ def bench(workload: str, clients: int, rate: float | None, duration: float | Non
                            tls=settings.tls, user=settings.user, password=settings.password)
     run = BenchRun(options)
     # The bar goes to stderr, so stdout carries only the summary (or the JSON).
-    report = asyncio.run(run_with_progress(run, run.run(), Console(stderr=True),
+    report = event_loop.run(run_with_progress(run, run.run(), Console(stderr=True),
                                            show=not settings.json))
     if settings.json:
         emit_json(report.to_json())

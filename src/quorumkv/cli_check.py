@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-
 import click
 from rich.console import Console
 
+from quorumkv import event_loop
 from quorumkv.cli_bench import run_with_progress
 from quorumkv.cli_common import ClientSettings, client_command, emit_json
 from quorumkv.tools.check_perf import (
@@ -60,7 +59,7 @@ def perf(load_name: str, duration: float, prefix: str, procs: int, auto_compact:
         click.echo(f"load {load.name}: {load.limit:,} writes/s from {load.clients} clients "
                    f"for {duration:g} s; {KEY_SUFFIX_SIZE}-byte keys and {VALUE_SIZE}-byte "
                    f"values under {prefix}", err=True)
-    result = asyncio.run(run_with_progress(run.bench, run.run(), console,
+    result = event_loop.run(run_with_progress(run.bench, run.run(), console,
                                            show=not settings.json))
     if settings.json:
         emit_json(result.to_json())

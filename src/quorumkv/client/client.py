@@ -34,6 +34,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from quorumkv import event_loop
 from quorumkv.client.async_client import AsyncClient, KeyLike
 from quorumkv.client.auth_admin import BlockingAuthAdmin
 from quorumkv.client.coordination_wire import WatchResponse
@@ -75,7 +76,7 @@ class Client(BlockingAuthAdmin):
                                    max_frame=max_frame, backoff=backoff, max_backoff=max_backoff,
                                    tls=tls, user=user, password=password)
         self._timeout = timeout
-        self._loop = asyncio.new_event_loop()
+        self._loop = event_loop.new_event_loop()
         self._closed = False
         self._close_lock = threading.Lock()
         self._thread = threading.Thread(target=self._run_loop, name="quorumkv-client",

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
 import logging
 import signal
 import time
@@ -39,6 +38,7 @@ from collections.abc import Collection
 from dataclasses import asdict, replace
 from typing import TYPE_CHECKING, Any
 
+from quorumkv import event_loop
 from quorumkv.client import protocol
 from quorumkv.client.coordination_wire import WatchRequest
 from quorumkv.client.protocol import MemberListRequest, StatusRequest
@@ -929,10 +929,4 @@ async def serve_until_stopped(config: NodeConfig) -> None:
 
 def run_node(config: NodeConfig) -> None:
     """Run a node in this process until it is told to stop."""
-    try:
-        uvloop = importlib.import_module("uvloop")
-    except ImportError:
-        uvloop = None
-    if uvloop is not None:
-        uvloop.install()
-    asyncio.run(serve_until_stopped(config))
+    event_loop.run(serve_until_stopped(config))

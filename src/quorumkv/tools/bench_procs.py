@@ -39,6 +39,7 @@ from multiprocessing.process import BaseProcess
 from multiprocessing.sharedctypes import Synchronized
 from typing import Any
 
+from quorumkv import event_loop
 from quorumkv.errors import QuorumKVError, from_dict
 from quorumkv.tools.bench_engine import Tally
 from quorumkv.tools.bench_load import LoadProcess, Share
@@ -140,7 +141,7 @@ def child_main(options: BenchOptions, share: Share, seed: int, conn: Connection,
                counter: Synchronized[int]) -> None:
     """A load process's entry point (importable, as ``spawn`` requires)."""
     try:
-        tally = asyncio.run(_child(options, share, seed, conn, counter))
+        tally = event_loop.run(_child(options, share, seed, conn, counter))
     except QuorumKVError as err:
         conn.send({"error": err.to_dict()})
         return
