@@ -21,12 +21,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
@@ -48,6 +46,8 @@ from quorumkv.server import events as ev
 from quorumkv.server.events import EventFeed
 from quorumkv.server.metrics import NodeMetrics
 from quorumkv.server.state_machine_io import payloads, restore_snapshot
+from quorumkv.server.wakeup import Wakeup
+from quorumkv.server.worker_thread import WorkerThread
 from quorumkv.storage import SnapshotStore, WriteAheadLog
 
 log = logging.getLogger(__name__)
@@ -157,18 +157,18 @@ class RaftGroup:
         self._ready_reads: list[tuple[int, asyncio.Future[int]]] = []
         self._calls: list[Callable[[], None]] = []
         self._applied_event = asyncio.Event()
-        self._wakeup = asyncio.Event()
+        self._wakeup = Wakeup()
         self._read_seq = 0
         self._snapshot_task: asyncio.Task[None] | None = None
         self._image_writing: asyncio.Future[None] | None = None
         """Set while a snapshot is being copied out of the store (it holds a read of it)."""
-        self._io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="raft-log")
+        self._io = WorkerThread("raft-log")
         """The log's writes and fsyncs."""
-        self._apply_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="apply")
+        self._apply_pool = WorkerThread("apply")
         """The applies and snapshot installs, in log order."""
         self._applying: asyncio.Queue[list[Entry]] = asyncio.Queue(maxsize=APPLY_QUEUE_BATCHES)
         self._apply_failed: Exception | None = None
-        self._snapshot_io = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snapshot")
+        self._snapshot_io = WorkerThread("snapshot")
         self._slowest: dict[str, float] = {}
         """Each step's longest time since late heartbeats were last reported."""
         self._late_reported = -LATE_REPORT_INTERVAL_S
@@ -319,10 +319,7 @@ class RaftGroup:
         loop = asyncio.get_running_loop()
         next_tick = loop.time() + self.tick_seconds
         while not self._stopping:
-            timeout = max(0.0, next_tick - loop.time())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), timeout)
-            self._wakeup.clear()
+            await self._wakeup.sleep_until(next_tick)
             if self._apply_failed is not None:
                 raise self._apply_failed
             now = loop.time()
@@ -412,12 +409,11 @@ class RaftGroup:
         if seconds > self._slowest.get(step, 0.0):
             self._slowest[step] = seconds
 
-    async def _in(self, pool: ThreadPoolExecutor, step: str | None,
+    async def _in(self, thread: WorkerThread, step: str | None,
                   fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
-        """Run ``fn`` in ``pool``; ``step`` names it in the late-heartbeat report."""
+        """Run ``fn`` in ``thread``; ``step`` names it in the late-heartbeat report."""
         started = time.perf_counter()
-        result = await asyncio.get_running_loop().run_in_executor(
-            pool, functools.partial(fn, *args, **kwargs))
+        result = await thread.call(fn, *args, **kwargs)
         if step is not None:
             self._note_step(step, time.perf_counter() - started)
         return result
@@ -454,7 +450,15 @@ class RaftGroup:
             self._send(m)
         if rd.entries:
             self._log_bytes += sum(len(e.data) for e in rd.entries)
-        if rd.snapshot is not None or rd.entries or rd.hard_state is not None:
+        if (not rd.must_sync and rd.snapshot is None and not rd.entries
+                and rd.hard_state is not None and self._snapshot_task is None):
+            # Only the commit index moved: the log buffers that in memory until its next
+            # sync, which costs far less than the hand-off to its thread. The loop waits
+            # on the disk only if this record starts a new segment (once per segment).
+            # A snapshot task may hold the log's lock through fsyncs while it releases
+            # segments: then the thread takes the record instead.
+            self.wal.save_hard_state(rd.hard_state)
+        elif rd.snapshot is not None or rd.entries or rd.hard_state is not None:
             appending, syncing = await self._in(self._io, "the log's write and fsync",
                                                 self._persist, rd)
             self.metrics.wal_append.observe(appending)
@@ -791,8 +795,8 @@ class RaftGroup:
                 await task
         # Idle by now, unless the group stopped on an error while a write or an apply
         # was running: that one must end before the caller closes the log and store.
-        for pool in (self._io, self._apply_pool, self._snapshot_io):
-            await asyncio.to_thread(pool.shutdown, wait=True)
+        for thread in (self._io, self._apply_pool, self._snapshot_io):
+            await thread.shutdown()
 
     # -- introspection ---------------------------------------------------------------------
 
