@@ -66,9 +66,8 @@ from quorumkv.client.protocol import (
     ReadRequest,
     StatusRequest,
     WriteRequest,
-    range_result_from_wire,
-    write_result_from_wire,
 )
+from quorumkv.client.results_wire import RangeParts, range_parts_from_wire, write_parts_from_wire
 from quorumkv.client.retrying_caller import RetryingCaller
 from quorumkv.client.snapshot import DEFAULT_STALL_TIMEOUT, Progress, save_backup
 from quorumkv.client.watch import Watch
@@ -87,7 +86,7 @@ from quorumkv.kv.commands import (
     Txn,
     TxnOp,
 )
-from quorumkv.kv.keys import ALL_KEYS, prefix_end
+from quorumkv.kv.keys import ALL_KEYS, MAX_REVISION, prefix_end
 from quorumkv.kv.results import (
     CompactResult,
     DeleteResult,
@@ -227,32 +226,44 @@ class AsyncClient(AuthAdmin):
         self._seq += 1
         # One request object for every attempt: retries carry the same seq.
         req = WriteRequest(cmd=cmd, consistency=level, client_id=self.client_id, seq=self._seq)
-        result, header = write_result_from_wire(await self._caller.call(req))
-        self._observe(header.revision)
+        result, revision = write_parts_from_wire(await self._caller.call(req))
+        self._observe(revision)
         return result
 
     # -- reads -----------------------------------------------------------------------
 
     async def get(self, key: KeyLike, *, revision: int = 0,
                   consistency: str | None = None) -> KeyValue | None:
-        result = await self.range(key, revision=revision, consistency=consistency)
-        return result.kvs[0] if result.kvs else None
+        # range() without its RangeResult: one key is all a get gives back.
+        kvs = (await self._read(key, None, 0, revision, False, False, consistency))[0]
+        return kvs[0] if kvs else None
 
     async def range(self, key: KeyLike, range_end: KeyLike | None = None, *, limit: int = 0,
                     revision: int = 0, keys_only: bool = False, count_only: bool = False,
                     consistency: str | None = None) -> RangeResult:
         """Keys in [key, range_end); ``range_end`` None: just ``key``; ``b"\\0"``: all >= key."""
+        kvs, count, more, at, _ = await self._read(key, range_end, limit, revision,
+                                                   keys_only, count_only, consistency)
+        return RangeResult(kvs=kvs, count=count, more=more, revision=at)
+
+    async def _read(self, key: KeyLike, range_end: KeyLike | None, limit: int, revision: int,
+                    keys_only: bool, count_only: bool, consistency: str | None) -> RangeParts:
         end = None if range_end is None else to_bytes("range_end", range_end)
-        req = RangeRequest(key=to_bytes("key", key), range_end=end, limit=limit,
-                           revision=revision, keys_only=keys_only, count_only=count_only)
-        check_range_request(req)
+        k = to_bytes("key", key)
+        req = RangeRequest(key=k, range_end=end, limit=limit, revision=revision,
+                           keys_only=keys_only, count_only=count_only)
+        # What check_range_request accepts in the usual case, seen at a glance; anything
+        # else it checks in full, and says what is wrong.
+        if not (type(k) is bytes and k and end is None and type(limit) is int
+                and type(revision) is int and 0 <= (limit | revision) <= MAX_REVISION
+                and type(keys_only) is bool and type(count_only) is bool):
+            check_range_request(req)
         level = _level(consistency or self._read_consistency, "consistency")
         min_revision = self._revision if level == "session" else 0
-        body = await self._caller.call(ReadRequest(range=req, consistency=level,
-                                                   min_revision=min_revision))
-        result, header = range_result_from_wire(body)
-        self._observe(header.revision)
-        return result
+        parts = range_parts_from_wire(await self._caller.call(
+            ReadRequest(range=req, consistency=level, min_revision=min_revision)))
+        self._observe(parts[4])
+        return parts
 
     async def scan_prefix(self, prefix: KeyLike, *, limit: int = 0, revision: int = 0,
                           keys_only: bool = False, count_only: bool = False,

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 from quorumkv.client.endpoints import Endpoint, format_endpoint
-from quorumkv.client.protocol import Request, decode_response, encode_request, error_from_wire
+from quorumkv.client.protocol import Request, encode_request, error_from_wire, response_parts
 from quorumkv.errors import NetworkError, ProtocolError, QuorumKVError
 from quorumkv.security.tls import TLSSettings
 from quorumkv.transport.framing import FrameDecoder, encode_frame
@@ -39,6 +39,7 @@ _USE_TLS = ("the node's client port likely speaks TLS: connect with TLS (--cacer
 
 
 StreamHandler = Callable[[dict[str, Any] | QuorumKVError], None]
+_Forget = Callable[[asyncio.Future[dict[str, Any]]], None]
 
 
 def _deliver(handler: StreamHandler, message: dict[str, Any] | QuorumKVError) -> None:
@@ -49,8 +50,9 @@ def _deliver(handler: StreamHandler, message: dict[str, Any] | QuorumKVError) ->
 
 
 class Connection:
-    __slots__ = ("_failure", "_heard", "_max_frame", "_next_id", "_out", "_out_bytes",
-                 "_pending", "_reader", "_streams", "_task", "_tls", "_writer", "endpoint")
+    __slots__ = ("_failure", "_flow", "_heard", "_loop", "_max_frame", "_next_id", "_out",
+                 "_out_bytes", "_pending", "_reader", "_streams", "_task", "_tls", "_writer",
+                 "endpoint")
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                  endpoint: Endpoint, max_frame: int, *, tls: bool = False) -> None:
@@ -60,8 +62,12 @@ class Connection:
         """Some bytes came from the node: a close after that is no sign of a TLS mismatch."""
         self._reader = reader
         self._writer = writer
+        self._flow: object = writer.transport.get_protocol()
+        """The stream's protocol, whose flow-control state says whether drain() must wait."""
+        self._loop = asyncio.get_running_loop()
         self._max_frame = max_frame
-        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[dict[str, Any]], _Forget]] = {}
+        """Each waiting request's future, and the done callback that forgets it."""
         self._out: list[bytes] = []
         """Request frames waiting for the end of this loop iteration (see _send)."""
         self._out_bytes = 0
@@ -69,7 +75,7 @@ class Connection:
         self._next_id = 1
         self._failure: str | None = None
         # Owned by this object and awaited by close(): never left running unowned.
-        self._task = asyncio.get_running_loop().create_task(
+        self._task = self._loop.create_task(
             self._read_loop(), name=f"quorumkv-client-reader {format_endpoint(endpoint)}")
 
     @classmethod
@@ -140,14 +146,17 @@ class Connection:
         request_id = self._next_id
         self._next_id = 1 if request_id == _MAX_REQUEST_ID else request_id + 1
         frame = encode_frame(encode_request(request_id, req, token), self._max_frame)
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[request_id] = future
+        future: asyncio.Future[dict[str, Any]] = self._loop.create_future()
         # A caller that gives up (timeout, cancel) cancels its future; forget it then.
-        future.add_done_callback(lambda _: self._pending.pop(request_id, None))
+        def forget(_: asyncio.Future[dict[str, Any]]) -> None:
+            self._pending.pop(request_id, None)
+
+        future.add_done_callback(forget)
+        self._pending[request_id] = (future, forget)
         # Requests made in one loop iteration leave in one socket write: workers woken
         # by one burst of answers send their next requests together.
         if not self._out:
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
         self._out.append(frame)
         self._out_bytes += len(frame)
         return request_id, future
@@ -156,6 +165,21 @@ class Connection:
         out, self._out, self._out_bytes = self._out, [], 0
         if out and self._failure is None and not self._writer.is_closing():
             self._writer.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def needs_drain(self) -> bool:
+        """Whether :meth:`drain` could do more than return at once: flush a large queue,
+        wait for the transport, or report a lost connection.
+
+        Checks what ``StreamWriter.drain`` checks, so a caller may skip awaiting drain()
+        when this is False: a coroutine per request is a measurable share of a small
+        request's cost. Anything unexpected answers True (drain then decides).
+        """
+        if self._out_bytes > _FLUSH_AT or self._writer.transport.is_closing() \
+                or self._reader.exception() is not None:
+            return True
+        flow = self._flow
+        return getattr(flow, "_paused", True) is not False \
+            or getattr(flow, "_connection_lost", True) is not False
 
     async def drain(self) -> None:
         """Wait until the transport's buffer has room again (backpressure)."""
@@ -203,7 +227,7 @@ class Connection:
         if self._failure is None:
             self._failure = str(make_error())
         self._writer.close()
-        pending = list(self._pending.values())
+        pending = [future for future, _ in self._pending.values()]
         self._pending.clear()
         for future in pending:
             if not future.done():
@@ -214,28 +238,29 @@ class Connection:
             _deliver(handler, make_error())
 
     def _dispatch(self, frame: bytes) -> None:
-        response = decode_response(frame)
-        if response.request_id == 0 and not response.ok:
+        request_id, ok, body = response_parts(frame)
+        if request_id == 0 and not ok:
             # Id 0 is never a request's: the node refuses the whole connection (it is
             # full) and closes it; every waiting request fails with its reason.
-            refusal = response.body
-            self._fail(lambda: error_from_wire(refusal))
+            self._fail(lambda: error_from_wire(body))
             return
-        future = self._pending.pop(response.request_id, None)
-        if future is None:
-            handler = self._streams.get(response.request_id)
+        waiting = self._pending.pop(request_id, None)
+        if waiting is None:
+            handler = self._streams.get(request_id)
             if handler is not None:
-                if not response.ok or response.body.get("canceled") is True:
-                    del self._streams[response.request_id]
-                _deliver(handler, response.body if response.ok
-                         else error_from_wire(response.body))
+                if not ok or body.get("canceled") is True:
+                    del self._streams[request_id]
+                _deliver(handler, body if ok else error_from_wire(body))
             return
+        future, forget = waiting
+        # Forgotten already: the loop need not run a callback per answer to do it again.
+        future.remove_done_callback(forget)
         if future.done():
             return  # its caller gave up waiting
-        if response.ok:
-            future.set_result(response.body)
+        if ok:
+            future.set_result(body)
         else:
-            future.set_exception(error_from_wire(response.body))
+            future.set_exception(error_from_wire(body))
 
     async def _read_loop(self) -> None:
         decoder = FrameDecoder(self._max_frame)

@@ -179,6 +179,7 @@ __all__ = [
     "range_result_from_wire",
     "request_id_of",
     "request_token",
+    "response_parts",
     "result_from_wire",
     "result_to_wire",
     "unpack_payload",
@@ -514,6 +515,12 @@ def encode_error_response(request_id: int, err: QuorumKVError) -> bytes:
 
 def decode_response(data: bytes) -> Response:
     """One response frame; ProtocolError if the server sent something malformed."""
+    return Response(*response_parts(data))
+
+
+def response_parts(data: bytes) -> tuple[int, bool, dict[str, Any]]:
+    """:func:`decode_response` as a plain ``(request_id, ok, body)``: a client reads one
+    per request, and the Response object would be made only to be taken apart."""
     try:
         obj = unpack(data)
     except ValueError as err:
@@ -521,12 +528,13 @@ def decode_response(data: bytes) -> Response:
     if type(obj) is not list or len(obj) != 3:
         raise ProtocolError("a response is an array [request_id, ok, body]")
     request_id, ok, body = obj
-    if not _valid_id(request_id) or type(ok) is not bool:
+    if type(request_id) is not int or not 0 <= request_id <= MAX_INT64 \
+            or type(ok) is not bool:
         raise ProtocolError("a response starts with an integer request_id and a boolean ok")
     if type(body) is not dict or not all(type(k) is str for k in body):
         raise ProtocolError(f"a response body must be a map with string keys, "
                             f"not {type_name(body)}")
-    return Response(request_id, ok, body)
+    return request_id, ok, body
 
 
 def error_from_wire(body: dict[str, Any]) -> QuorumKVError:

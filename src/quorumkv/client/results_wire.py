@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from quorumkv.client.fields import MAX_UINT64, FieldReader, brief
+from quorumkv.client.fields import MAX_INT64, MAX_UINT64, FieldReader, brief
 from quorumkv.errors import ProtocolError
 from quorumkv.kv.commands import MAX_LEASE_TTL
 from quorumkv.kv.results import (
@@ -62,6 +62,29 @@ def kv_to_wire(kv: KeyValue) -> dict[str, Any]:
 
 
 def kv_from_wire(obj: object) -> KeyValue:
+    kv = _plain_kv(obj)
+    return _checked_kv(obj) if kv is None else kv
+
+
+def _plain_kv(obj: object) -> KeyValue | None:
+    """A well-formed key-value map read without a FieldReader (a read answer holds one per
+    key); None for anything else, which :func:`_checked_kv` accepts or names the fault of."""
+    if type(obj) is not dict:
+        return None
+    key, value = obj.get("key"), obj.get("value")
+    create, mod, version = obj.get("create_revision"), obj.get("mod_revision"), obj.get("version")
+    lease, timestamp = obj.get("lease", 0), obj.get("timestamp", 0)
+    # The OR of integers is negative if any is, and else below 2**63 iff each is.
+    if type(key) is bytes and type(value) is bytes and type(create) is int \
+            and type(mod) is int and type(version) is int and type(lease) is int \
+            and type(timestamp) is int \
+            and 0 <= (create | mod | version | lease | timestamp) <= MAX_INT64:
+        return KeyValue(key=key, value=value, create_revision=create, mod_revision=mod,
+                        version=version, lease=lease, timestamp=timestamp)
+    return None
+
+
+def _checked_kv(obj: object) -> KeyValue:
     f = FieldReader(obj, "key-value", ProtocolError)
     return KeyValue(key=f.binary("key"), value=f.binary("value"),
                     create_revision=f.integer("create_revision"),
@@ -185,6 +208,69 @@ def _with_header(obj: object) -> tuple[Result | RangeResult | Durable, Header]:
     if "header" not in obj:
         raise ProtocolError("result: missing field 'header'")
     return result, Header.from_wire(obj["header"])
+
+
+def _plain_header_revision(obj: dict[Any, Any]) -> int | None:
+    """The revision of ``obj``'s well-formed header (as Header.from_wire checks it), without
+    making a Header; None if there is anything to say about it."""
+    header = obj.get("header")
+    if type(header) is not dict:
+        return None
+    revision, term = header.get("revision"), header.get("raft_term")
+    member, applied = header.get("member"), header.get("applied_index")
+    if type(revision) is int and type(term) is int and type(applied) is int \
+            and type(member) is str and 0 <= revision <= MAX_INT64 \
+            and 0 <= (term | applied) <= MAX_UINT64:
+        return revision
+    return None
+
+
+RangeParts = tuple[tuple[KeyValue, ...], int, bool, int, int]
+"""A range answer taken apart: ``(kvs, count, more, revision, header revision)``."""
+
+
+def range_parts_from_wire(obj: object) -> RangeParts:
+    """What :func:`range_result_from_wire` reads, checked alike, without the RangeResult and
+    Header objects that a client reading one key would make only to take apart."""
+    if type(obj) is dict and obj.get("type") == "range":
+        revision, count, more, kvs = (obj.get("revision"), obj.get("count"),
+                                      obj.get("more"), obj.get("kvs"))
+        header_revision = _plain_header_revision(obj)
+        if header_revision is not None and type(revision) is int and type(count) is int \
+                and type(more) is bool and type(kvs) is list \
+                and 0 <= (revision | count) <= MAX_INT64:
+            out = []
+            for item in kvs:
+                kv = _plain_kv(item)
+                if kv is None:
+                    break
+                out.append(kv)
+            else:
+                return tuple(out), count, more, revision, header_revision
+    # Anything unusual: the checked reading accepts it, or raises naming what is wrong.
+    result, header = range_result_from_wire(obj)
+    return result.kvs, result.count, result.more, result.revision, header.revision
+
+
+def write_parts_from_wire(obj: object) -> tuple[Result | Durable, int]:
+    """:func:`write_result_from_wire` with only the header's revision (its fields checked
+    alike): what a client writing keeps of it."""
+    if type(obj) is dict:
+        kind = obj.get("type")
+        header_revision = _plain_header_revision(obj)
+        if header_revision is not None:
+            if kind == "durable":
+                index = obj.get("index")
+                if type(index) is int and 0 <= index <= MAX_UINT64:
+                    return Durable(index=index), header_revision
+            elif kind == "put":
+                revision, prev = obj.get("revision"), obj.get("prev_kv")
+                prev_kv = None if prev is None else _plain_kv(prev)
+                if type(revision) is int and 0 <= revision <= MAX_INT64 \
+                        and (prev is None or prev_kv is not None):
+                    return PutResult(revision=revision, prev_kv=prev_kv), header_revision
+    result, header = write_result_from_wire(obj)
+    return result, header.revision
 
 
 def write_result_from_wire(obj: object) -> tuple[Result | Durable, Header]:

@@ -54,8 +54,9 @@ CONNECT_TIMEOUT = 2.0
 
 
 class RetryingCaller:
-    __slots__ = ("_backoff", "_closed", "_cluster_id", "_conn", "_conn_token", "_endpoints",
-                 "_lock", "_max_frame", "_sign_in", "_timeout", "_tls", "server_info")
+    __slots__ = ("_backoff", "_closed", "_cluster_id", "_conn", "_conn_token", "_deadlines",
+                 "_endpoints", "_lock", "_max_frame", "_sign_in", "_timeout", "_tls",
+                 "server_info")
 
     def __init__(self, endpoints: Endpoints, *, timeout: float, cluster_id: object,
                  max_frame: int, backoff: Backoff, tls: TLSSettings | None = None,
@@ -75,6 +76,7 @@ class RetryingCaller:
         # connection rather than one each. (A Lock binds to a loop on first use.)
         self._lock = asyncio.Lock()
         self._closed = False
+        self._deadlines = Deadlines()
         self.server_info: dict[str, Any] | None = None
         """What the connected node said in its hello (name, id, cluster id, protocol)."""
 
@@ -105,6 +107,24 @@ class RetryingCaller:
             attempt_sent = False
             token: str | None = None
             try:
+                conn = self._ready_connection() if stale is None else None
+                if conn is not None:
+                    # The common case, without the lock, the timeout context and drain()
+                    # when none of them would do anything (see _ready_connection).
+                    token = self._conn_token
+                    future = conn.send(req)
+                    sent = attempt_sent = True
+                    if not conn.needs_drain():
+                        # Only the future is awaited: failing it at the deadline ends the
+                        # wait as timeout_at would (TimeoutError, below), for less.
+                        self._deadlines.add(loop, future, deadline)
+                        try:
+                            return await future
+                        finally:
+                            self._deadlines.discard(future)
+                    async with asyncio.timeout_at(deadline):
+                        await conn.drain()
+                        return await future
                 async with asyncio.timeout_at(deadline):
                     conn = await self._connection()
                     if stale is not None:
@@ -210,6 +230,17 @@ class RetryingCaller:
                 self._endpoints.prefer(go_to)
         await conn.close()
 
+    def _ready_connection(self) -> Connection | None:
+        """The open connection if :meth:`_connection` would hand it over at once, with
+        nothing to wait for (the lock free) and no token to renew; else None."""
+        conn = self._conn
+        if conn is None or conn.closed or self._lock.locked():
+            return None
+        if self._sign_in is not None and self._conn_token is not None \
+                and not self._sign_in.lasts(self._conn_token):
+            return None
+        return conn
+
     async def _connection(self) -> Connection:
         async with self._lock:
             conn = self._conn
@@ -301,6 +332,67 @@ class RetryingCaller:
             raise NetworkError(f"{name} belongs to cluster {brief(info.get('cluster_id'))}, "
                                f"not {brief(self._cluster_id)}")
         self.server_info = info
+
+
+class Deadlines:
+    """Fails each future it is given with TimeoutError at the future's deadline, all of them
+    with one timer.
+
+    A timeout context per request costs a timer handle, pushed on the loop's heap and
+    later purged from it; here a request costs a dict entry. The timer is kept at or
+    before the earliest deadline, so each future fails when the loop would have run a
+    timer for its deadline.
+    """
+
+    __slots__ = ("_at", "_loop", "_timer", "_waits")
+
+    def __init__(self) -> None:
+        self._waits: dict[asyncio.Future[Any], float] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._at = 0.0
+        """When ``_timer`` fires."""
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, loop: asyncio.AbstractEventLoop, future: asyncio.Future[Any],
+            deadline: float) -> None:
+        """Fail ``future`` at ``deadline`` (loop time) unless it is discarded or done first."""
+        self._waits[future] = deadline
+        # A retry keeps its call's deadline, which may come before a newer call's; and a
+        # client may be used from another loop once the first is gone.
+        if self._timer is None or deadline < self._at or loop is not self._loop:
+            self._arm(loop, deadline)
+
+    def discard(self, future: asyncio.Future[Any]) -> None:
+        """Stop watching ``future`` (its waiter has its answer, or gave up)."""
+        del self._waits[future]
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = loop.call_at(when, self._fire)
+        self._at = when
+        self._loop = loop
+
+    def _fire(self) -> None:
+        loop = self._loop
+        assert loop is not None
+        self._timer = None
+        # The loop ran this timer, so its time has come even if the clock reads a hair
+        # before it (the loop runs timers within its clock resolution).
+        now = max(loop.time(), self._at)
+        nearest: float | None = None
+        for future, deadline in self._waits.items():
+            if future.done():
+                continue  # answered; its waiter discards it when it runs
+            if deadline <= now:
+                future.set_exception(TimeoutError())
+                # Retrieved: should the waiter be cancelled before it runs, asyncio must
+                # not log the exception as never retrieved.
+                future.exception()
+            elif nearest is None or deadline < nearest:
+                nearest = deadline
+        if nearest is not None:
+            self._arm(loop, nearest)
 
 
 def _leader_hint(err: NotLeader) -> Endpoint | None:
