@@ -337,6 +337,40 @@ def test_opening_corrupt_bookkeeping(tmp_path: Path, key: bytes, record: bytes) 
         KVStore.open(tmp_path / "kv")
 
 
+@pytest.mark.parametrize(("key", "record"), [
+    (b"state", b"\x93\x01\x02\x03"),
+    (b"state", b"\xc1"),
+    (b"conf", b"\x92\x91\x01\x91\x01"),
+    (b"format", b"\x07"),
+])
+def test_reads_keep_the_decoded_state_only_while_its_records_are_unchanged(
+        store: KVStore, key: bytes, record: bytes) -> None:
+    store.apply(1, 1, Put(key=b"a", value=b"1"))
+    assert store.range(RangeRequest(key=b"a")).revision == 1
+    assert store.range(RangeRequest(key=b"a")).revision == 1  # from the kept state
+    store.apply(2, 1, Put(key=b"a", value=b"2"))
+    assert store.range(RangeRequest(key=b"a")).revision == 2
+    # Damage a record behind the store's back (its internals: the layout is the point):
+    # the next read decodes it again and says so, however recently it read a good one.
+    with store._live_env().begin(write=True) as txn:
+        txn.put(key, record, db=store._meta)
+    with pytest.raises((StorageError, DataDirError), match=r"corrupt|format 7"):
+        store.get(b"a")
+
+
+def test_a_read_decodes_nothing_while_the_state_records_are_unchanged(
+        store: KVStore) -> None:
+    store.apply(1, 1, Put(key=b"a", value=b"1"))
+    reader = store._state_reader
+    with store._live_env().begin() as txn:
+        first = reader.read(txn)
+        assert reader.read(txn) is first
+    store.apply(2, 1, Put(key=b"a", value=b"2"))
+    with store._live_env().begin() as txn:
+        second = reader.read(txn)
+    assert (first.revision, second.revision) == (1, 2)
+
+
 def test_reading_a_corrupt_version(tmp_path: Path) -> None:
     with KVStore.open(tmp_path / "kv") as store:
         store.apply(1, 1, Put(key=b"a", value=b"1"))

@@ -5,14 +5,16 @@ with three named sub-databases, ``kv`` (see ``history.py``), ``meta`` (see
 ``records.py``) and ``sessions`` (see ``sessions.py``; format 1 stores lack
 it and are upgraded when opened). Anything else in it is refused with
 DataDirError rather than guessed at.
+
+Reads get the store's revisions from the ``meta`` records through a
+:class:`StateReader`, which decodes them only when their bytes changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 
 import lmdb
 
@@ -39,16 +41,28 @@ DATA_FILE = "data.mdb"
 MAX_DBS = 3
 
 
-@contextmanager
-def lmdb_errors(what: str) -> Iterator[None]:
-    """Translate LMDB's and the file system's errors into ours at the boundary."""
-    try:
-        yield
-    except lmdb.MapFullError as err:
-        raise StorageError(f"{what}: the state machine is full; open it with a larger "
-                           f"map_size") from err
-    except (lmdb.Error, OSError) as err:
-        raise StorageError(f"{what}: {err}") from err
+class lmdb_errors:  # noqa: N801 - used as a function, like contextlib's
+    """Translate LMDB's and the file system's errors into ours at the boundary.
+
+    A class rather than a @contextmanager generator: every read enters one,
+    and a generator costs about a microsecond more.
+    """
+
+    __slots__ = ("_what",)
+
+    def __init__(self, what: str) -> None:
+        self._what = what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if isinstance(exc, lmdb.MapFullError):
+            raise StorageError(f"{self._what}: the state machine is full; open it with a "
+                               f"larger map_size") from exc
+        if isinstance(exc, (lmdb.Error, OSError)):
+            raise StorageError(f"{self._what}: {exc}") from exc
 
 
 # Why these flags. The Raft log, fsynced before an entry is acknowledged, is
@@ -131,7 +145,10 @@ def _check_names(txn: Txn, path: Path) -> bool:
 
 def _read_format(txn: Txn, meta_db: lmdb._Database, path: Path) -> int:
     """The store's format: :data:`FORMAT`, or an older one this version upgrades."""
-    fmt = txn.get(FORMAT_KEY, db=meta_db)
+    return _format_of(txn.get(FORMAT_KEY, db=meta_db), path)
+
+
+def _format_of(fmt: bytes | None, path: Path) -> int:
     if fmt is None:
         raise DataDirError(f"{path} is not a quorumkv state machine")
     number = decode_format(fmt)
@@ -150,11 +167,53 @@ def _check_format(txn: Txn, meta_db: lmdb._Database, path: Path) -> int:
 
 
 def read_state(txn: Txn, meta_db: lmdb._Database, path: Path) -> StoreState:
-    fmt = _read_format(txn, meta_db, path)
-    state, conf = (txn.get(key, db=meta_db) for key in (STATE_KEY, CONF_KEY))
+    return _state_of(txn.get(FORMAT_KEY, db=meta_db), txn.get(STATE_KEY, db=meta_db),
+                     txn.get(CONF_KEY, db=meta_db), path)
+
+
+def _state_of(fmt: bytes | None, state: bytes | None, conf: bytes | None,
+              path: Path) -> StoreState:
+    number = _format_of(fmt, path)
     if state is None or conf is None:
         raise DataDirError(f"{path} is not a quorumkv state machine")
-    return decode_state(state, conf, fmt=fmt)
+    return decode_state(state, conf, fmt=number)
+
+
+class StateReader:
+    """:func:`read_state` for a store's readers, decoding only records that changed.
+
+    Every read needs the store's revisions, and decoding the three records
+    costs more than a one-key read itself; between two applies they are the
+    same bytes. So the last records read are kept with their decoded state,
+    and a read whose records are byte for byte those is answered with it: it
+    was checked when decoded, and a record that changed, damaged or not, is
+    decoded and checked again.
+
+    Reads run on many threads. The cache is one tuple, replaced whole by a
+    single assignment, so a reader sees a consistent entry without a lock
+    (this package imports no threading); racing readers at worst decode twice.
+    """
+
+    __slots__ = ("_last", "_meta_db", "_path")
+
+    def __init__(self, meta_db: lmdb._Database, path: Path) -> None:
+        self._meta_db = meta_db
+        self._path = path
+        self._last: tuple[bytes, bytes, bytes, StoreState] | None = None
+
+    def read(self, txn: Txn) -> StoreState:
+        """The state in ``txn``'s snapshot (as :func:`read_state`)."""
+        meta_db = self._meta_db
+        fmt = txn.get(FORMAT_KEY, db=meta_db)
+        state = txn.get(STATE_KEY, db=meta_db)
+        conf = txn.get(CONF_KEY, db=meta_db)
+        last = self._last
+        if last is not None and last[1] == state and last[2] == conf and last[0] == fmt:
+            return last[3]
+        decoded = _state_of(fmt, state, conf, self._path)
+        assert fmt is not None and state is not None and conf is not None
+        self._last = (fmt, state, conf, decoded)
+        return decoded
 
 
 def attach(env: lmdb.Environment, path: Path) -> Attached:

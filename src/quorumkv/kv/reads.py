@@ -26,6 +26,15 @@ def read_range(history: History, txn: Txn, req: RangeRequest, *, current: int) -
     store's revision when it was served, also for reads of the past (as in
     etcd): it tells a client how far the replica it asked had got.
     """
+    if req.range_end is None:
+        # One key, the commonest read: no scan generator to run.
+        kv = history.get(txn, req.key, req.revision or current)
+        if kv is None:
+            return RangeResult(kvs=(), count=0, more=False, revision=current)
+        if req.count_only:
+            return RangeResult(kvs=(), count=1, more=False, revision=current)
+        return RangeResult(kvs=(replace(kv, value=b"") if req.keys_only else kv,), count=1,
+                           more=False, revision=current)
     kvs: list[KeyValue] = []
     count = 0
     for kv in history.scan(txn, req.key, req.range_end, req.revision or current):

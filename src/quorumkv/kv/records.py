@@ -56,9 +56,12 @@ class StoreState:
 
 def _ints(obj: object, arity: int | None, what: str) -> list[int]:
     """``obj`` as a list of ints (of length ``arity`` unless None), or StorageError."""
-    if (not isinstance(obj, list) or (arity is not None and len(obj) != arity)
-            or any(type(x) is not int for x in obj)):
+    if not isinstance(obj, list) or (arity is not None and len(obj) != arity):
         raise StorageError(f"corrupt {what} record in the state machine")
+    # A loop, not any() over a generator: this runs for every version read.
+    for x in obj:
+        if type(x) is not int:
+            raise StorageError(f"corrupt {what} record in the state machine")
     return obj
 
 
@@ -72,9 +75,11 @@ def kv_from_fields(obj: object, what: str) -> KeyValue:
     """The inverse of :func:`kv_fields`; StorageError naming the ``what`` record if malformed."""
     if not isinstance(obj, list) or len(obj) != 7:
         raise StorageError(f"corrupt {what} record in the state machine")
-    key, value = obj[0], obj[1]
-    create, mod, version, lease, timestamp = _ints(obj[2:], 5, what)
-    if type(key) is not bytes or type(value) is not bytes:
+    key, value, create, mod, version, lease, timestamp = obj
+    # Spelled out rather than through _ints: this runs for every version read.
+    if (type(key) is not bytes or type(value) is not bytes or type(create) is not int
+            or type(mod) is not int or type(version) is not int or type(lease) is not int
+            or type(timestamp) is not int):
         raise StorageError(f"corrupt {what} record in the state machine")
     return KeyValue(key=key, value=value, create_revision=create, mod_revision=mod,
                     version=version, lease=lease, timestamp=timestamp)

@@ -40,12 +40,23 @@ LMDB's byte order is numeric order)::
     0x01 client_id                   [last_active, highest_seq]   the client's session
     0x02 client_id seq               outcome (result_codec.py)    one recorded write
     0x03 last_active client_id       b""                          sessions by idleness
+
+Batching. The store applies a batch of entries in one LMDB transaction,
+through one :class:`SessionBatch`: it keeps each client's session as the
+batch has it so far, and writes a client's session row and idleness key
+once, when the batch flushes (before a sweep, which reads the index, and
+before the transaction commits), rather than at every write. Outcome
+records go straight to LMDB. What the sub-database holds after an entry is
+a function of the entries applied, not of how they were batched: a
+leader's batches differ from a follower's, and the digest covers this table.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import lmdb
 
@@ -80,10 +91,15 @@ class SessionPolicy:
                 raise ValueError(f"SessionPolicy.{name} must be a positive integer")
 
 
-@dataclass(frozen=True, slots=True)
-class _Client:
+class _Client(NamedTuple):
+    # A tuple: one is built and compared per write.
     last_active: int
     highest: int
+
+
+# One struct call per key rather than a to_bytes per integer: several keys per write.
+_ONE_INT = struct.Struct(">cQ")
+_TWO_INTS = struct.Struct(">cQQ")
 
 
 def _int(value: int) -> bytes:
@@ -91,15 +107,15 @@ def _int(value: int) -> bytes:
 
 
 def _session_key(client_id: int) -> bytes:
-    return _SESSION + _int(client_id)
+    return _ONE_INT.pack(_SESSION, client_id)
 
 
 def _record_key(client_id: int, seq: int) -> bytes:
-    return _RECORD + _int(client_id) + _int(seq)
+    return _TWO_INTS.pack(_RECORD, client_id, seq)
 
 
 def _idle_key(last_active: int, client_id: int) -> bytes:
-    return _IDLE + _int(last_active) + _int(client_id)
+    return _TWO_INTS.pack(_IDLE, last_active, client_id)
 
 
 def _decode_client(data: bytes) -> _Client:
@@ -114,77 +130,23 @@ def _decode_client(data: bytes) -> _Client:
 
 
 class SessionTable:
-    """The ``sessions`` sub-database, read and written through the caller's transaction."""
+    """The ``sessions`` sub-database, through the caller's transaction: sweeps and reads
+    here, a batch's writes through :meth:`batch`."""
 
     def __init__(self, db: lmdb._Database, policy: SessionPolicy) -> None:
         self.db = db
         self.policy = policy
 
-    def _client(self, txn: Txn, client_id: int) -> _Client | None:
-        data = txn.get(_session_key(client_id), db=self.db)
-        return None if data is None else _decode_client(data)
-
-    def recorded(self, txn: Txn, client_id: int, seq: int) -> RecordedOutcome | None:
-        """What write ``seq`` of the client did, or None if it is new.
-
-        Raises SeqTooOld if the write is too old to tell: below the
-        client's window, where outcomes are no longer kept.
-        """
-        client = self._client(txn, client_id)
-        if client is None:
-            return None
-        data = txn.get(_record_key(client_id, seq), db=self.db)
-        if data is not None:
-            return decode_outcome(data)
-        if seq <= client.highest - self.policy.window:
-            raise SeqTooOld(
-                f"write {seq} of client {client_id} is too old to be deduplicated: only the "
-                f"outcomes of its latest {self.policy.window} writes are kept (the latest is "
-                f"{client.highest}), so whether it was applied is unknown",
-                client_id=client_id, seq=seq, highest_seq=client.highest)
-        return None
-
-    def note(self, txn: Txn, client_id: int, seq: int, *, now: int,
-             outcome: RecordedOutcome | None = None) -> None:
-        """The client sent write ``seq`` at clock ``now``; record its ``outcome`` if given.
-
-        Any write, a duplicate or a refused one too, keeps the session alive.
-        Recording a seq above the client's highest slides its window up and
-        forgets the outcomes that fall out of it.
-        """
-        old = self._client(txn, client_id)
-        last_active = now if old is None else max(old.last_active, now)
-        highest = 0 if old is None else old.highest
-        if outcome is not None:
-            txn.put(_record_key(client_id, seq), encode_outcome(outcome), db=self.db)
-            if seq > highest:
-                highest = seq
-                self._forget_records(txn, client_id, below=highest - self.policy.window + 1)
-        client = _Client(last_active=last_active, highest=highest)
-        if client == old:
-            return
-        txn.put(_session_key(client_id), pack([client.last_active, client.highest]), db=self.db)
-        if old is None or old.last_active != last_active:
-            if old is not None:
-                txn.delete(_idle_key(old.last_active, client_id), db=self.db)
-            txn.put(_idle_key(last_active, client_id), b"", db=self.db)
-
-    def _forget_records(self, txn: Txn, client_id: int, *, below: int) -> None:
-        """Drop the client's recorded outcomes of seqs under ``below``."""
-        if below <= 0:
-            return
-        cur = txn.cursor(self.db)
-        prefix = _RECORD + _int(client_id)
-        end = prefix + _int(below)
-        # Keys are fixed-size, so everything in [prefix, end) is this client's.
-        while cur.set_range(prefix) and cur.key() < end:
-            cur.delete()
+    def batch(self, txn: Txn) -> SessionBatch:
+        """The table as the writes of one batch in ``txn`` see and change it."""
+        return SessionBatch(self, txn)
 
     def expire(self, txn: Txn, *, now: int) -> int:
         """Drop every session idle for more than the TTL at clock ``now``; return how many.
 
         Walks the idleness index from the oldest, so it reads only the
-        sessions it drops (and one more).
+        sessions it drops (and one more). An open :class:`SessionBatch` on
+        ``txn`` must be flushed first (its :meth:`SessionBatch.expire` does).
         """
         cutoff = now - self.policy.ttl_ns
         if cutoff <= 0:
@@ -204,8 +166,19 @@ class SessionTable:
         for idle_key, client_id in doomed:
             txn.delete(idle_key, db=self.db)
             txn.delete(_session_key(client_id), db=self.db)
-            self._forget_records(txn, client_id, below=_EVERY_SEQ)
+            self.forget_records(txn, client_id, below=_EVERY_SEQ)
         return len(doomed)
+
+    def forget_records(self, txn: Txn, client_id: int, *, below: int) -> None:
+        """Drop the client's recorded outcomes of seqs under ``below``."""
+        if below <= 0:
+            return
+        cur = txn.cursor(self.db)
+        prefix = _RECORD + _int(client_id)
+        end = prefix + _int(below)
+        # Keys are fixed-size, so everything in [prefix, end) is this client's.
+        while cur.set_range(prefix) and cur.key() < end:
+            cur.delete()
 
     def clients(self, txn: Txn) -> int:
         """Sessions held."""
@@ -220,3 +193,134 @@ class SessionTable:
     def items(self, txn: Txn) -> Iterator[tuple[bytes, bytes]]:
         """Every record, in key order: what the store's digest covers."""
         yield from txn.cursor(self.db)
+
+
+_SLIDE_DELETES = 8
+"""A window sliding up by at most this many seqs deletes the records that fall out of it
+one by one; a longer jump walks the client's records instead."""
+
+
+class SessionBatch:
+    """The session table through one write transaction, for the entries of one batch.
+
+    Each client's session is read from LMDB once per batch and then kept
+    here; its row and idleness key are written by :meth:`flush`, which
+    must run before anything else reads the ``sessions`` sub-database
+    through the transaction and before it commits. Outcome records are
+    read and written directly. Discard the batch if the transaction aborts.
+    """
+
+    __slots__ = ("_clients", "_db", "_stored", "_table", "_txn", "_window")
+
+    def __init__(self, table: SessionTable, txn: Txn) -> None:
+        self._table = table
+        self._db = table.db
+        self._txn = txn
+        self._window = table.policy.window
+        self._clients: dict[int, _Client | None] = {}
+        """Every client this batch looked at: its session as of the writes so far."""
+        self._stored: dict[int, _Client | None] = {}
+        """For each client changed since the last flush, its session as LMDB holds it."""
+
+    def _client(self, client_id: int) -> _Client | None:
+        try:
+            return self._clients[client_id]
+        except KeyError:
+            pass
+        data = self._txn.get(_session_key(client_id), db=self._db)
+        client = None if data is None else _decode_client(data)
+        self._clients[client_id] = client
+        return client
+
+    def recorded(self, client_id: int, seq: int) -> RecordedOutcome | None:
+        """What write ``seq`` of the client did, or None if it is new.
+
+        Raises SeqTooOld if the write is too old to tell: below the
+        client's window, where outcomes are no longer kept.
+        """
+        client = self._client(client_id)
+        if client is None:
+            return None
+        data = self._txn.get(_record_key(client_id, seq), db=self._db)
+        if data is not None:
+            return decode_outcome(data)
+        if seq <= client.highest - self._window:
+            raise SeqTooOld(
+                f"write {seq} of client {client_id} is too old to be deduplicated: only the "
+                f"outcomes of its latest {self._window} writes are kept (the latest is "
+                f"{client.highest}), so whether it was applied is unknown",
+                client_id=client_id, seq=seq, highest_seq=client.highest)
+        return None
+
+    def note(self, client_id: int, seq: int, *, now: int,
+             outcome: RecordedOutcome | None = None) -> None:
+        """The client sent write ``seq`` at clock ``now``; record its ``outcome`` if given.
+
+        Any write, a duplicate or a refused one too, keeps the session alive.
+        Recording a seq above the client's highest slides its window up and
+        forgets the outcomes that fall out of it.
+        """
+        old = self._client(client_id)
+        if old is None:
+            last_active, highest = now, 0
+        else:
+            last_active, highest = max(old.last_active, now), old.highest
+        if outcome is not None:
+            self._txn.put(_record_key(client_id, seq), encode_outcome(outcome), db=self._db)
+            if seq > highest:
+                self._slide(client_id, highest, seq)
+                highest = seq
+        client = _Client(last_active, highest)
+        if client == old:
+            return
+        if client_id not in self._stored:
+            self._stored[client_id] = old
+        self._clients[client_id] = client
+
+    def _slide(self, client_id: int, highest: int, new_highest: int) -> None:
+        """Forget the client's outcomes that fall out of its window as its highest seq
+        goes from ``highest`` to ``new_highest``."""
+        window = self._window
+        # Every record of the client is in (highest - window, highest]: an outcome is
+        # recorded only for a seq in the window (recorded() refuses older ones), and the
+        # group's one policy fixes the window. So the ones to drop are in
+        # (highest - window, new_highest - window]: usually one known key, as the window
+        # moves up by one, which costs a delete rather than a cursor walk.
+        first = max(highest - window + 1, 1)
+        last = new_highest - window
+        if last < first:
+            return
+        if last - first < _SLIDE_DELETES:
+            txn, db = self._txn, self._db
+            for seq in range(first, last + 1):
+                txn.delete(_record_key(client_id, seq), db=db)
+        else:
+            self._table.forget_records(self._txn, client_id, below=last + 1)
+
+    def flush(self) -> None:
+        """Write every session changed since the last flush: its row and idleness key."""
+        if not self._stored:
+            return
+        txn, db, clients = self._txn, self._db, self._clients
+        for client_id, stored in self._stored.items():
+            client = clients[client_id]
+            assert client is not None  # a changed session is never dropped unflushed
+            if client == stored:
+                continue
+            txn.put(_session_key(client_id), pack([client.last_active, client.highest]),
+                    db=db)
+            if stored is None or stored.last_active != client.last_active:
+                if stored is not None:
+                    txn.delete(_idle_key(stored.last_active, client_id), db=db)
+                txn.put(_idle_key(client.last_active, client_id), b"", db=db)
+        self._stored.clear()
+
+    def expire(self, *, now: int) -> int:
+        """Flush, then drop every session idle for more than the TTL at clock ``now``
+        (:meth:`SessionTable.expire`); return how many were dropped."""
+        self.flush()
+        dropped = self._table.expire(self._txn, now=now)
+        if dropped:
+            # The dropped ones are stale here; the rest would simply be read again.
+            self._clients.clear()
+        return dropped

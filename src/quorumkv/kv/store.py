@@ -31,7 +31,6 @@ import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from types import TracebackType
 from typing import TypeAlias
@@ -52,12 +51,12 @@ from quorumkv.kv.commands import (
 )
 from quorumkv.kv.environment import (
     DATA_FILE,
+    StateReader,
     attach,
     copy_checked,
     flush_copy,
     lmdb_errors,
     open_environment,
-    read_state,
 )
 from quorumkv.kv.history import SCAN_ALL_START, History, Txn
 from quorumkv.kv.keys import ALL_KEYS
@@ -90,7 +89,7 @@ from quorumkv.kv.results import (
     KeyValue,
     RangeResult,
 )
-from quorumkv.kv.sessions import SessionPolicy, SessionTable
+from quorumkv.kv.sessions import SessionBatch, SessionPolicy, SessionTable
 from quorumkv.kv.validation import check_command, check_lease_id, check_range_request
 from quorumkv.kv.watch_history import events_between
 from quorumkv.raft.entries import ConfState, SnapshotMeta
@@ -160,6 +159,8 @@ class KVStore:
         """The auth state as of the entries applied so far, for the applying thread only:
         it may run ahead of what is committed to LMDB while a batch is open."""
         self._state = attached.state
+        self._state_reader = StateReader(attached.meta_db, self._path)
+        """How reads get the revisions: it decodes the state records only when they changed."""
 
     # -- opening and closing ------------------------------------------------
 
@@ -290,32 +291,35 @@ class KVStore:
         """
         env = self._live_env()
         outcomes: list[Outcome] = []
-        state = self._state
+        before = self._state
+        run = _Run(before)
+        sweep_interval = self._policy.sweep_interval
         with lmdb_errors("applying entries"):
             txn = env.begin(write=True)
             try:
+                sessions = self._sessions.batch(txn)
                 for index, term, payload in entries:
-                    if index <= state.applied_index:
+                    if index <= run.applied_index:
                         outcomes.append(AlreadyApplied(index=index,
-                                                       applied_index=state.applied_index))
+                                                       applied_index=run.applied_index))
                         continue
-                    _check_next(state, index, term)
-                    outcome, state = self._apply_one(txn, state, index, payload)
-                    state = replace(state, applied_index=index, applied_term=term)
-                    outcomes.append(outcome)
-                    if index % self._policy.sweep_interval == 0:
+                    _check_next(run.applied_index, run.applied_term, index, term)
+                    outcomes.append(self._apply_one(txn, sessions, run, index, payload))
+                    run.applied_index, run.applied_term = index, term
+                    if index % sweep_interval == 0:
                         # By index and log time only, so every replica drops the
                         # same sessions at the same entry (see sessions.py).
-                        self._sessions.expire(txn, now=state.clock)
-                if state is self._state:
+                        sessions.expire(now=run.clock)
+                if run.applied_index == before.applied_index:
                     txn.abort()
                     return outcomes
+                sessions.flush()
+                state = run.state()
                 txn.put(STATE_KEY, encode_state(state), db=self._meta)
-                if state.conf_state != self._state.conf_state:
+                if state.conf_state != before.conf_state:
                     txn.put(CONF_KEY, encode_conf(state.conf_state), db=self._meta)
                 txn.commit()
-                if any(isinstance(o, Applied) and isinstance(o.result, AuthResult)
-                       for o in outcomes):
+                if run.auth_changed:
                     # A reader on another thread may have cached the state before this
                     # commit while the batch ran (auth_view): that view is stale now.
                     self._auth_epoch += 1
@@ -326,39 +330,42 @@ class KVStore:
         self._state = state
         return outcomes
 
-    def _apply_one(self, txn: Txn, state: StoreState, index: int,
-                   payload: Payload) -> tuple[Applied | RequestError, StoreState]:
+    def _apply_one(self, txn: Txn, sessions: SessionBatch, run: _Run, index: int,
+                   payload: Payload) -> Applied | RequestError:
+        """Apply one entry's ``payload``, moving ``run`` on (all but its applied index)."""
         if payload is None:
-            return Applied(index=index), state
+            return Applied(index=index)
         if isinstance(payload, ConfState):
-            return Applied(index=index, conf_state=payload), replace(state, conf_state=payload)
+            run.conf_state = payload
+            return Applied(index=index, conf_state=payload)
         if isinstance(payload, MembershipChange):
             self._record_member(txn, payload)
-            return (Applied(index=index, conf_state=payload.conf),
-                    replace(state, conf_state=payload.conf))
+            run.conf_state = payload.conf
+            return Applied(index=index, conf_state=payload.conf)
         try:
             check_command(payload)
         except RequestError as err:
-            return err, state
-        # The log's time never goes back, whichever leader stamped it.
-        now = max(state.clock, payload.timestamp)
+            return err
+        # The log's time never goes back, whichever leader stamped it. Whatever the
+        # command does from here, failing included, the clock moves on.
+        run.clock = max(run.clock, payload.timestamp)
         if isinstance(payload, Authorized):
             try:
                 self._authorize(txn, payload)
             except RequestError as err:
-                return err, replace(state, clock=now)
+                return err
             payload = payload.command
         if isinstance(payload, AuthChange):
             try:
                 revision = self._auth.apply(txn, self._view(txn), payload)
             except RequestError as err:
-                return err, replace(state, clock=now)
+                return err
             self._apply_view = None
-            return (Applied(index=index, result=AuthResult(auth_revision=revision)),
-                    replace(state, clock=now))
+            run.auth_changed = True
+            return Applied(index=index, result=AuthResult(auth_revision=revision))
         if isinstance(payload, Session):
-            return self._apply_session(txn, state, index, payload, now)
-        return self._apply_write(txn, state, index, payload, payload.timestamp, now)
+            return self._apply_session(txn, sessions, run, index, payload)
+        return self._apply_write(txn, run, index, payload, payload.timestamp)
 
     def _view(self, txn: Txn) -> AuthView:
         if self._apply_view is None:
@@ -417,43 +424,41 @@ class KVStore:
                 out[node_id_of_key(key)] = decode_member(value)
         return out
 
-    def _apply_write(self, txn: Txn, state: StoreState, index: int, cmd: Write,
-                     timestamp: int, now: int) -> tuple[Applied | RequestError, StoreState]:
-        """Apply ``cmd`` stamped ``timestamp``, with the clock moving to ``now``."""
-        applier = Applier(self._history, self._leases, txn, revision=state.revision,
-                          compact_revision=state.compact_revision)
+    def _apply_write(self, txn: Txn, run: _Run, index: int, cmd: Write,
+                     timestamp: int) -> Applied | RequestError:
+        """Apply ``cmd`` stamped ``timestamp``."""
+        applier = Applier(self._history, self._leases, txn, revision=run.revision,
+                          compact_revision=run.compact_revision)
         try:
             result = applier.apply(cmd, timestamp=timestamp)
         except RequestError as err:
             # Raised before any write (see applier.py): nothing to undo.
-            return err, replace(state, clock=now)
-        return (Applied(index=index, result=result, events=tuple(applier.events)),
-                replace(state, revision=applier.revision,
-                        compact_revision=applier.compact_revision, clock=now))
+            return err
+        run.revision, run.compact_revision = applier.revision, applier.compact_revision
+        return Applied(index=index, result=result, events=tuple(applier.events))
 
-    def _apply_session(self, txn: Txn, state: StoreState, index: int, session: Session,
-                       now: int) -> tuple[Applied | RequestError, StoreState]:
+    def _apply_session(self, txn: Txn, sessions: SessionBatch, run: _Run, index: int,
+                       session: Session) -> Applied | RequestError:
         """Apply a client's write unless it was applied before (thesis §6.3)."""
-        table, client_id, seq = self._sessions, session.client_id, session.seq
+        client_id, seq, now = session.client_id, session.seq, run.clock
         try:
-            recorded = table.recorded(txn, client_id, seq)
+            recorded = sessions.recorded(client_id, seq)
         except RequestError as err:  # too old to tell: applying it could apply it twice
-            table.note(txn, client_id, seq, now=now)
-            return err, replace(state, clock=now)
+            sessions.note(client_id, seq, now=now)
+            return err
         if recorded is not None:
-            table.note(txn, client_id, seq, now=now)
+            sessions.note(client_id, seq, now=now)
             if isinstance(recorded, RequestError):
-                return recorded, replace(state, clock=now)
+                return recorded
             # The first attempt's result; no events, since nothing changed.
-            return Applied(index=index, result=recorded), replace(state, clock=now)
-        outcome, state = self._apply_write(txn, state, index, session.command,
-                                           session.timestamp, now)
+            return Applied(index=index, result=recorded)
+        outcome = self._apply_write(txn, run, index, session.command, session.timestamp)
         if isinstance(outcome, Applied):
             assert outcome.result is not None
-            table.note(txn, client_id, seq, now=now, outcome=outcome.result)
+            sessions.note(client_id, seq, now=now, outcome=outcome.result)
         else:
-            table.note(txn, client_id, seq, now=now, outcome=outcome)
-        return outcome, state
+            sessions.note(client_id, seq, now=now, outcome=outcome)
+        return outcome
 
     def sync(self) -> None:
         """Make everything applied so far durable.
@@ -477,7 +482,7 @@ class KVStore:
         """
         check_range_request(req)
         with lmdb_errors("reading"), self._live_env().begin() as txn:
-            state = read_state(txn, self._meta, self._path)
+            state = self._state_reader.read(txn)
             check_read_revision(req.revision, current=state.revision,
                                 compact_revision=state.compact_revision)
             return read_range(self._history, txn, req, current=state.revision)
@@ -515,7 +520,7 @@ class KVStore:
         (prev_kv included), in order; Compacted if that history is gone. ``limit``
         never splits a revision (see ``watch_history.py``)."""
         with lmdb_errors("reading"), self._live_env().begin() as txn:
-            state = read_state(txn, self._meta, self._path)
+            state = self._state_reader.read(txn)
             found = events_between(txn, self._history, key=key, range_end=range_end,
                                    start_revision=start_revision,
                                    end_revision=min(end_revision, state.revision),
@@ -534,7 +539,7 @@ class KVStore:
         """
         digest = hashlib.sha256()
         with lmdb_errors("reading"), self._live_env().begin() as txn:
-            state = read_state(txn, self._meta, self._path)
+            state = self._state_reader.read(txn)
             digest.update(pack([b"quorumkv-kv", FORMAT, state.revision,
                                 state.compact_revision, state.clock]))
             # msgpack values delimit themselves, so the stream is unambiguous:
@@ -614,7 +619,7 @@ class KVStore:
             txn = env.begin()
         try:
             with lmdb_errors("reading the state machine for a snapshot"):
-                state = read_state(txn, self._meta, self._path)
+                state = self._state_reader.read(txn)
             yield (SnapshotMeta(index=state.applied_index, term=state.applied_term,
                                 conf=state.conf_state), PinnedImage(env, txn))
         finally:
@@ -657,10 +662,33 @@ class KVStore:
                             conf=state.conf_state)
 
 
-def _check_next(state: StoreState, index: int, term: int) -> None:
-    if index != state.applied_index + 1:
-        raise DataDirError(f"entry {index} comes after applied index {state.applied_index}: "
+class _Run:
+    """The store's state as one batch moves it on, entry by entry; a StoreState is built
+    from it once, for the batch's commit."""
+
+    __slots__ = ("applied_index", "applied_term", "auth_changed", "clock", "compact_revision",
+                 "conf_state", "revision")
+
+    def __init__(self, state: StoreState) -> None:
+        self.revision = state.revision
+        self.compact_revision = state.compact_revision
+        self.applied_index = state.applied_index
+        self.applied_term = state.applied_term
+        self.conf_state = state.conf_state
+        self.clock = state.clock
+        self.auth_changed = False
+        """An auth change was applied (auth_view's cache must go)."""
+
+    def state(self) -> StoreState:
+        return StoreState(revision=self.revision, compact_revision=self.compact_revision,
+                          applied_index=self.applied_index, applied_term=self.applied_term,
+                          conf_state=self.conf_state, clock=self.clock)
+
+
+def _check_next(applied_index: int, applied_term: int, index: int, term: int) -> None:
+    if index != applied_index + 1:
+        raise DataDirError(f"entry {index} comes after applied index {applied_index}: "
                            f"entries would be skipped")
-    if term < state.applied_term:
+    if term < applied_term:
         raise DataDirError(f"entry {index} has term {term}, below the applied term "
-                           f"{state.applied_term}")
+                           f"{applied_term}")
