@@ -65,6 +65,7 @@ from quorumkv.raft.messages import InstallSnapshot, Message
 from quorumkv.raft.node import RaftNode
 from quorumkv.security.tls import CertReloader, node_client_tls, peer_contexts, server_context
 from quorumkv.server import events as ev
+from quorumkv.server import gc_tuning
 from quorumkv.server.auth import AuthService
 from quorumkv.server.backup import MAX_CONCURRENT as MAX_CONCURRENT_BACKUPS
 from quorumkv.server.backup import BackupSource, discard_backup_copies, prepare_backup
@@ -929,4 +930,5 @@ async def serve_until_stopped(config: NodeConfig) -> None:
 
 def run_node(config: NodeConfig) -> None:
     """Run a node in this process until it is told to stop."""
+    gc_tuning.tune_for_node()
     event_loop.run(serve_until_stopped(config))
