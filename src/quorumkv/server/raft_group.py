@@ -154,7 +154,6 @@ class RaftGroup:
         self._waiters: dict[int, _Waiter] = {}
         self._read_waiters: dict[bytes, list[asyncio.Future[int]]] = {}
         """The reads each ReadIndex context stands for (one context per batch)."""
-        self._ready_reads: list[tuple[int, asyncio.Future[int]]] = []
         self._calls: list[Callable[[], None]] = []
         self._applied_event = asyncio.Event()
         self._wakeup = Wakeup()
@@ -164,7 +163,7 @@ class RaftGroup:
         """Set while a snapshot is being copied out of the store (it holds a read of it)."""
         self._io = WorkerThread("raft-log")
         """The log's writes and fsyncs."""
-        self._apply_pool = WorkerThread("apply")
+        self._apply_thread = WorkerThread("apply")
         """The applies and snapshot installs, in log order."""
         self._applying: asyncio.Queue[list[Entry]] = asyncio.Queue(maxsize=APPLY_QUEUE_BATCHES)
         self._apply_failed: Exception | None = None
@@ -294,7 +293,6 @@ class RaftGroup:
         self._conf_proposals.clear()
         reads = [r.future for r in self._reads]
         reads += [f for batch in self._read_waiters.values() for f in batch]
-        reads += [f for _, f in self._ready_reads]
         for fut in reads:
             if not fut.done():
                 fut.set_exception(err)
@@ -508,7 +506,7 @@ class RaftGroup:
 
     async def _install_snapshot(self, meta: SnapshotMeta) -> None:
         started = time.monotonic()
-        size = await self._in(self._apply_pool, "installing a snapshot", self._restore, meta)
+        size = await self._in(self._apply_thread, "installing a snapshot", self._restore, meta)
         self._latest_snapshot = meta
         self._snapshot_bytes, self._log_bytes = size, 0
         self.metrics.snapshot_installed(size)
@@ -584,7 +582,7 @@ class RaftGroup:
 
     async def _apply(self, entries: list[Entry]) -> None:
         started = time.perf_counter()
-        outcomes = await self._in(self._apply_pool, None, self._apply_entries, entries)
+        outcomes = await self._in(self._apply_thread, None, self._apply_entries, entries)
         self.metrics.apply_duration.observe(time.perf_counter() - started)
         if self.on_events is not None:
             events = [e for o in outcomes if isinstance(o, Applied) for e in o.events]
@@ -795,7 +793,7 @@ class RaftGroup:
                 await task
         # Idle by now, unless the group stopped on an error while a write or an apply
         # was running: that one must end before the caller closes the log and store.
-        for thread in (self._io, self._apply_pool, self._snapshot_io):
+        for thread in (self._io, self._apply_thread, self._snapshot_io):
             await thread.shutdown()
 
     # -- introspection ---------------------------------------------------------------------
